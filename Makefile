@@ -1,0 +1,71 @@
+# QLoRA fine-tuning pipeline. Every target takes CONFIG=<profile> (default configs/tiny.yaml) and
+# SET="section.field=value ..." overrides; each is one command you could also type yourself.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+.NOTPARALLEL:
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/tiny.yaml
+SET ?=
+MODEL ?= new_model
+PROMPT ?=
+HUB_REPO ?=
+STAGE = $(PY) -m $(1) --config $(CONFIG) $(foreach override,$(SET),--set $(override))
+
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: help install base data train merge push push-if-configured infer compare all test lint clean distclean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed ## create .venv and install the pinned requirements and this project
+
+base: install ## build the embedded base model (offline, cached; nothing to do for a Hub model)
+	$(call STAGE,fine_tune.base)
+
+data: install ## curate the configured sources into runs/<run>/dataset
+	$(call STAGE,data_prep)
+
+train: install ## QLoRA fine-tuning into runs/<run>/adapter (resumes from the newest checkpoint)
+	$(call STAGE,fine_tune.train)
+
+merge: install ## merge the adapter into a 16-bit base: runs/<run>/merged
+	$(call STAGE,fine_tune.merge)
+
+push: install ## push the adapter (and merged model with hub.push_merged) to HUB_REPO or hub.model_repo
+	$(call STAGE,fine_tune.push) $(if $(HUB_REPO),--repo $(HUB_REPO))
+
+push-if-configured: install
+	$(call STAGE,fine_tune.push) $(if $(HUB_REPO),--repo $(HUB_REPO)) --if-configured
+
+infer: install ## answer PROMPT="..." with MODEL=new_model|base|<path>|<hub id>
+	$(call STAGE,inference) --model "$(MODEL)" --prompt "$(PROMPT)"
+
+compare: install ## base vs fine-tuned on validation prompts: runs/<run>/reports/compare.md
+	$(call STAGE,inference.compare)
+
+all: install base data train merge compare push-if-configured ## every stage, end to end
+
+test: install ## run the test suite (unit, ML-correctness and end-to-end on the smoke profile)
+	$(PY) -m pytest
+
+lint: install ## ruff
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+clean: ## delete run outputs and the built base models
+	rm -rf runs .cache
+
+distclean: clean ## also delete the virtual environment
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,231 @@
+"""The one description of a run: a pydantic model loaded from a YAML profile plus `--set` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from core.errors import UserError
+
+DEFAULT_SYSTEM_PROMPT = (
+    "Given a puzzle-like code question, provide a well-reasoned, step-by-step Python solution."
+)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EmbeddedBaseConfig(Section):
+    """The small Llama-architecture base built offline by `make base` (`model.name_or_path: embedded`)."""
+
+    vocab_size: int = Field(4096, ge=512)
+    # bitsandbytes' CPU 4-bit kernel needs every quantized layer's output size to be a multiple of 32.
+    hidden_size: int = Field(256, ge=32, multiple_of=32)
+    intermediate_size: int = Field(704, ge=32, multiple_of=32)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    max_position_embeddings: int = Field(1024, ge=64)
+    pretrain_steps: int = Field(200, ge=0)
+    pretrain_batch_size: int = Field(12, ge=1)
+    pretrain_seq_len: int = Field(256, ge=16)
+    pretrain_learning_rate: float = Field(2e-3, gt=0)
+    corpus_megabytes: float = Field(4.0, gt=0, description="stdlib source text used for tokenizer and pretraining")
+    seed: int = 1234
+    cache_dir: Path = Path(".cache/base")
+
+
+class ModelConfig(Section):
+    name_or_path: str = Field("embedded", description="'embedded', a local folder or a Hub model id")
+    revision: str | None = None
+    embedded: EmbeddedBaseConfig = EmbeddedBaseConfig()
+
+
+class StackOverflowSource(Section):
+    questions: Path
+    answers: Path
+    tags: Path | None = None
+    encoding: str = Field("auto", description="auto: UTF-8, with cp1252 for any bytes that are not UTF-8")
+    min_question_score: int = 0
+    min_answer_score: int = 0
+    include_tags: list[str] = Field([], description="keep only questions with one of these tags")
+    exclude_tags: list[str] = Field([], description="drop questions with any of these tags")
+    limit: int | None = Field(None, ge=1, description="a seeded sample of at most this many pairs")
+
+
+class AlpacaSource(Section):
+    path: Path
+    limit: int | None = Field(None, ge=1)
+
+
+class DataConfig(Section):
+    stackoverflow: StackOverflowSource | None = None
+    alpaca: AlpacaSource | None = None
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
+    validation_size: int = Field(1000, ge=1)
+    too_long: Literal["drop", "truncate"] = Field(
+        "drop", description="examples longer than train.max_length tokens: drop them, or let training truncate"
+    )
+
+    @model_validator(mode="after")
+    def _needs_a_source(self) -> DataConfig:
+        if self.stackoverflow is None and self.alpaca is None:
+            raise ValueError("configure at least one source: data.stackoverflow or data.alpaca")
+        return self
+
+
+class QuantConfig(Section):
+    load_in_4bit: bool = True
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto: bf16 on GPUs that support it, else fp16; float32 on CPU"
+    )
+
+
+class LoraConfig(Section):
+    r: int = Field(64, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    bias: Literal["none", "all", "lora_only"] = "none"
+    target_modules: list[str] = ["q_proj", "v_proj"]
+
+
+class TrainConfig(Section):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, ge=-1, description="-1: run the epochs")
+    batch_size: int = Field(4, ge=1)
+    eval_batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.001, ge=0)
+    max_grad_norm: float = Field(0.3, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    optim: str = "paged_adamw_32bit"
+    max_length: int = Field(512, ge=16)
+    packing: bool = False
+    group_by_length: bool = False
+    gradient_checkpointing: bool = True
+    logging_steps: int = Field(5, ge=1)
+    eval_steps: int = Field(50, ge=1)
+    save_steps: int = Field(50, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+    early_stopping_patience: int | None = Field(4, ge=1, description="needs load_best_model_at_end")
+    load_best_model_at_end: bool = True
+    resume: str = Field("auto", description="auto: the newest checkpoint of the run; never; or a checkpoint path")
+
+
+class MergeConfig(Section):
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    max_shard_size: str = "2GB"
+
+
+class HubConfig(Section):
+    model_repo: str | None = Field(None, description="user/name for the adapter (and merged model)")
+    dataset_repo: str | None = None
+    private: bool = True
+    push_merged: bool = False
+    revision: str | None = None
+
+
+class InferenceConfig(Section):
+    max_new_tokens: int = Field(128, ge=1)
+    do_sample: bool = False
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0)
+    seed: int = 0
+    batch_size: int = Field(8, ge=1)
+    compare_examples: int = Field(32, ge=1)
+
+
+class RunConfig(Section):
+    name: str = Field("tiny", pattern=r"^[A-Za-z0-9._-]+$")
+    output_dir: Path = Path("runs")
+    seed: int = 42
+
+
+class Config(Section):
+    run: RunConfig = RunConfig()
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    quant: QuantConfig = QuantConfig()
+    lora: LoraConfig = LoraConfig()
+    train: TrainConfig = TrainConfig()
+    merge: MergeConfig = MergeConfig()
+    hub: HubConfig = HubConfig()
+    inference: InferenceConfig = InferenceConfig()
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (["a", "b", "c"], value), the value read as YAML (numbers, booleans, lists, null)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"bad override {text!r}: expected section.field=value")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Pure: a copy of the raw profile with each `a.b=value` set, creating sections as needed."""
+    result = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain data
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"bad override {text!r}: {part} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names allowed at `loc`'s parent, to name them in an error."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return list(model.model_fields)
+
+
+def describe_validation_error(error: ValidationError, source: str) -> str:
+    """One line naming every bad field and what is allowed."""
+    problems = []
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            allowed = _allowed_fields(Config, item["loc"])
+            problems.append(f"{field}: unknown field (allowed: {', '.join(allowed)})")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            problems.append(f"{field}: {message}")
+    return f"config error in {source}: " + "; ".join(problems)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise UserError(f"config file {path} is not valid YAML: {error}".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise UserError(f"config file {path} must hold a mapping of sections")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        raise UserError(describe_validation_error(error, str(path))) from None

@@ -1,0 +1,115 @@
+"""Stack Overflow post HTML to Markdown, on lxml's parser: code blocks kept exactly, prose tidied."""
+
+from __future__ import annotations
+
+import re
+
+import lxml.html
+from lxml import etree
+
+BLOCK_TAGS = {"p", "div", "pre", "ul", "ol", "blockquote", "hr", "table", "h1", "h2", "h3", "h4", "h5", "h6"}
+LINE_BREAK = "\ue000"  # stands for <br> while inline whitespace is collapsed
+_WHITESPACE = re.compile(r"\s+")
+
+
+def html_to_markdown(html: str) -> str:
+    """Convert a post body. `<pre><code>` becomes a fenced block with its text exactly as written
+    (entities decoded, indentation and blank lines kept); inline markup becomes its Markdown form."""
+    if not html or not html.strip():
+        return ""
+    root = lxml.html.fragment_fromstring(html, create_parent="div")
+    return "\n\n".join(_blocks(root)).strip()
+
+
+def _blocks(element: etree._Element) -> list[str]:
+    """The element's children as a list of Markdown blocks; runs of inline content form paragraphs."""
+    blocks: list[str] = []
+    inline: list[str] = [element.text or ""]
+
+    def flush() -> None:
+        text = _tidy_inline("".join(inline))
+        inline.clear()
+        if text:
+            blocks.append(text)
+
+    for child in element:
+        if isinstance(child.tag, str) and child.tag in BLOCK_TAGS:
+            flush()
+            blocks.extend(_block(child))
+        else:
+            inline.append(_inline(child))
+        inline.append(child.tail or "")
+    flush()
+    return blocks
+
+
+def _block(element: etree._Element) -> list[str]:
+    tag = element.tag
+    if tag == "pre":
+        return [_fenced(element.text_content())]
+    if tag == "hr":
+        return ["---"]
+    if tag in {"h1", "h2", "h3", "h4", "h5", "h6"}:
+        text = _tidy_inline(_inline_children(element))
+        return ["#" * int(tag[1]) + " " + text] if text else []
+    if tag in {"ul", "ol"}:
+        return [_list(element)] if len(element) else []
+    if tag == "blockquote":
+        inner = "\n\n".join(_blocks(element))
+        return ["\n".join(f"> {line}" if line else ">" for line in inner.split("\n"))] if inner else []
+    return _blocks(element)
+
+
+def _list(element: etree._Element) -> str:
+    items = []
+    number = int(element.get("start", "1") or 1) if element.tag == "ol" else 0
+    for item in element.iterchildren("li"):
+        marker = f"{number}. " if element.tag == "ol" else "- "
+        number += 1
+        body = "\n\n".join(_blocks(item)) or ""
+        indent = " " * len(marker)
+        lines = body.split("\n")
+        items.append(marker + lines[0] + "".join(f"\n{indent}{line}" if line else "\n" for line in lines[1:]))
+    return "\n".join(items)
+
+
+def _fenced(code: str) -> str:
+    code = code.removesuffix("\n")
+    longest = max((len(run) for run in re.findall(r"`+", code)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}\n{code}\n{fence}"
+
+
+def _inline(element: etree._Element) -> str:
+    tag = element.tag
+    if not isinstance(tag, str):  # comments and processing instructions
+        return ""
+    if tag == "br":
+        return LINE_BREAK
+    if tag == "img":
+        return element.get("alt") or ""
+    if tag == "code":
+        code = _WHITESPACE.sub(" ", element.text_content())
+        fence = "``" if "`" in code else "`"
+        padding = " " if fence == "``" else ""
+        return f"{fence}{padding}{code}{padding}{fence}" if code.strip() else ""
+    text = _inline_children(element)
+    if tag in {"strong", "b"}:
+        return f"**{text.strip()}**" if text.strip() else ""
+    if tag in {"em", "i"}:
+        return f"*{text.strip()}*" if text.strip() else ""
+    if tag == "a":
+        href = element.get("href")
+        label = _tidy_inline(text)
+        return f"[{label or href}]({href})" if href else text
+    return text
+
+
+def _inline_children(element: etree._Element) -> str:
+    return (element.text or "") + "".join(_inline(child) + (child.tail or "") for child in element)
+
+
+def _tidy_inline(text: str) -> str:
+    text = _WHITESPACE.sub(" ", text)
+    lines = (line.strip() for line in text.split(LINE_BREAK))
+    return "\n".join(lines).strip()

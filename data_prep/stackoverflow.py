@@ -1,0 +1,161 @@
+"""The Kaggle "Python Questions from Stack Overflow" CSVs: streamed, decoded deliberately, joined.
+
+Each question is paired with its best answer (highest score; the lowest answer Id breaks a tie, so the
+choice never depends on file order). Malformed rows are counted with their line numbers, not fatal.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import html
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.config import StackOverflowSource
+from core.errors import UserError
+
+QUESTION_COLUMNS = ("Id", "Score", "Title", "Body")
+ANSWER_COLUMNS = ("Id", "ParentId", "Score", "Body")
+TAG_COLUMNS = ("Id", "Tag")
+FALLBACK_ERRORS = "utf8-else-cp1252"
+
+
+def _decode_as_cp1252(error: UnicodeDecodeError) -> tuple[str, int]:
+    """Decode the bytes that are not UTF-8 as cp1252 (latin-1 for the five bytes cp1252 leaves undefined)."""
+    bad = error.object[error.start : error.end]
+    return "".join(bytes([b]).decode("cp1252", errors="ignore") or chr(b) for b in bad), error.end
+
+
+codecs.register_error(FALLBACK_ERRORS, _decode_as_cp1252)
+csv.field_size_limit(sys.maxsize)  # post bodies can be far larger than csv's 128 KB default
+
+
+@dataclass
+class Pair:
+    question_id: int
+    title: str
+    question_html: str
+    question_score: int
+    answer_id: int
+    answer_html: str
+    answer_score: int
+
+
+@dataclass
+class ReadStats:
+    questions_read: int = 0
+    answers_read: int = 0
+    malformed_rows: dict[str, int] = field(default_factory=dict)
+    malformed_first_lines: dict[str, list[int]] = field(default_factory=dict)
+    low_score_questions: int = 0
+    low_score_answers: int = 0
+    orphan_answers: int = 0
+    unanswered_questions: int = 0
+    excluded_by_tags: int = 0
+
+
+def read_rows(
+    path: Path, required: tuple[str, ...], encoding: str, stats: ReadStats
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """Stream a CSV's rows as (first line number, row); rows with a wrong field count are counted, skipped."""
+    if not path.is_file():
+        raise UserError(f"Stack Overflow file not found: {path}")
+    codec, errors = ("utf-8", FALLBACK_ERRORS) if encoding == "auto" else (encoding, "strict")
+    try:
+        with path.open(encoding=codec, errors=errors, newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                raise UserError(f"{path} is empty: expected a header with columns {', '.join(required)}")
+            missing = [column for column in required if column not in header]
+            if missing:
+                raise UserError(f"{path}: missing column {', '.join(missing)} (header: {', '.join(header)})")
+            line = reader.line_num + 1
+            for row in reader:
+                if len(row) != len(header):
+                    _count_malformed(stats, path, line)
+                else:
+                    yield line, dict(zip(header, row, strict=True))
+                line = reader.line_num + 1
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not valid {encoding} at byte {error.start}; set data.stackoverflow.encoding") from None
+    except csv.Error as error:
+        raise UserError(f"{path}: unreadable CSV near line {line}: {error}") from None
+
+
+def _count_malformed(stats: ReadStats, path: Path, line: int) -> None:
+    """Count a malformed row of `path`; the first ten line numbers are kept for the report."""
+    stats.malformed_rows[path.name] = stats.malformed_rows.get(path.name, 0) + 1
+    first = stats.malformed_first_lines.setdefault(path.name, [])
+    if len(first) < 10:
+        first.append(line)
+
+
+def _integer(value: str) -> int | None:
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def read_tags(path: Path, encoding: str, stats: ReadStats) -> dict[int, set[str]]:
+    tags: dict[int, set[str]] = {}
+    for _, row in read_rows(path, TAG_COLUMNS, encoding, stats):
+        question_id = _integer(row["Id"])
+        if question_id is not None:
+            tags.setdefault(question_id, set()).add(row["Tag"].strip().lower())
+    return tags
+
+
+def read_pairs(source: StackOverflowSource, stats: ReadStats) -> list[Pair]:
+    """Questions joined with their best answer, both above the minimum scores, in question Id order."""
+    tags = read_tags(source.tags, source.encoding, stats) if source.tags else {}
+    if (source.include_tags or source.exclude_tags) and not source.tags:
+        raise UserError("data.stackoverflow.include_tags/exclude_tags need data.stackoverflow.tags (Tags.csv)")
+    include, exclude = set(source.include_tags), set(source.exclude_tags)
+
+    seen_questions: set[int] = set()
+    questions: dict[int, tuple[str, str, int]] = {}
+    for line, row in read_rows(source.questions, QUESTION_COLUMNS, source.encoding, stats):
+        question_id, score = _integer(row["Id"]), _integer(row["Score"])
+        if question_id is None or score is None:
+            _count_malformed(stats, source.questions, line)
+            continue
+        stats.questions_read += 1
+        seen_questions.add(question_id)
+        question_tags = tags.get(question_id, set())
+        if (include and not include & question_tags) or exclude & question_tags:
+            stats.excluded_by_tags += 1
+            continue
+        if score < source.min_question_score:
+            stats.low_score_questions += 1
+            continue
+        questions[question_id] = (html.unescape(row["Title"]).strip(), row["Body"], score)
+
+    best: dict[int, tuple[int, int, str]] = {}  # question id -> (answer score, answer id, body)
+    for line, row in read_rows(source.answers, ANSWER_COLUMNS, source.encoding, stats):
+        answer_id, parent_id, score = _integer(row["Id"]), _integer(row["ParentId"]), _integer(row["Score"])
+        if answer_id is None or parent_id is None or score is None:
+            _count_malformed(stats, source.answers, line)
+            continue
+        stats.answers_read += 1
+        if parent_id not in questions:
+            stats.orphan_answers += parent_id not in seen_questions
+            continue
+        if score < source.min_answer_score:
+            stats.low_score_answers += 1
+            continue
+        current = best.get(parent_id)
+        if current is None or (score, -answer_id) > (current[0], -current[1]):
+            best[parent_id] = (score, answer_id, row["Body"])
+
+    stats.unanswered_questions = len(questions) - len(best)
+    pairs = []
+    for question_id in sorted(best):
+        title, body, question_score = questions[question_id]
+        answer_score, answer_id, answer_body = best[question_id]
+        pairs.append(Pair(question_id, title, body, question_score, answer_id, answer_body, answer_score))
+    return pairs

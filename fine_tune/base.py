@@ -1,0 +1,201 @@
+"""`make base`: build the embedded default base model, offline and deterministically from a seed.
+
+A small Llama-architecture model with a Llama-2-like tokenizer (BPE with byte fallback, `<unk>` `<s>`
+`</s>`, BOS added on encode, no pad token, the Llama-2 chat template), briefly pretrained on the
+Python standard library's own source so that "base" is a language model, not noise. The result is
+cached under `model.embedded.cache_dir` by a hash of its spec and loads with the Auto classes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+from core.cli import run_stage, stage_parser
+from core.config import Config, EmbeddedBaseConfig
+from core.errors import UserError
+from core.prompts import LLAMA2_CHAT_TEMPLATE
+from core.runs import atomic_dir
+
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
+BYTE_TOKENS = [f"<0x{value:02X}>" for value in range(256)]
+# Chunks BPE may merge within: a word with the run of spaces before it (indentation becomes a few
+# tokens, not one per space), a run of spaces, or a run of newlines.
+PRE_TOKENIZER_PATTERN = r"▁*[^▁\n]+|▁+|\n+"
+
+
+def embedded_base_dir(spec: EmbeddedBaseConfig) -> Path:
+    """The cache folder of the base this spec builds; the stdlib it learns from is part of the key."""
+    fields = spec.model_dump(mode="json", exclude={"cache_dir"})
+    fields["python"] = sys.version_info[:2]
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+    return spec.cache_dir / f"llama-{spec.hidden_size}h{spec.num_layers}l-{key}"
+
+
+def resolve_base(config: Config) -> str:
+    """The base model's local folder or Hub id; the embedded base must have been built."""
+    if config.model.name_or_path != "embedded":
+        return config.model.name_or_path
+    path = embedded_base_dir(config.model.embedded)
+    if not (path / "config.json").is_file():
+        raise UserError(f"embedded base model not built at {path}: run `make base` first")
+    return str(path)
+
+
+def stdlib_corpus(megabytes: float) -> list[str]:
+    """The first `megabytes` of the standard library's .py files, in sorted path order."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    budget = int(megabytes * 1_000_000)
+    texts = []
+    for path in sorted(root.rglob("*.py")):
+        if "site-packages" in path.parts or "test" in path.parts or "tests" in path.parts:
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        texts.append(text)
+        budget -= len(text)
+        if budget <= 0:
+            break
+    return texts
+
+
+def build_tokenizer(texts: list[str], vocab_size: int):
+    """A Llama-2-like tokenizer trained on `texts`: ids 0-2 special, 3-258 byte fallback, then BPE pieces."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(PRE_TOKENIZER_PATTERN), behavior="isolated")
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(BYTE_TOKENS),
+        special_tokens=SPECIAL_TOKENS,
+        limit_alphabet=200,
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+
+    # Renumber so that the byte-fallback pieces sit right after the special tokens, as in Llama-2.
+    state = json.loads(tokenizer.to_str())
+    learned = sorted(state["model"]["vocab"].items(), key=lambda item: item[1])
+    pieces = [piece for piece, _ in learned if piece not in SPECIAL_TOKENS and piece not in BYTE_TOKENS]
+    ordered = SPECIAL_TOKENS + BYTE_TOKENS + pieces
+    state["model"]["vocab"] = {piece: index for index, piece in enumerate(ordered)}
+    tokenizer = Tokenizer.from_str(json.dumps(state))
+
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        chat_template=LLAMA2_CHAT_TEMPLATE,
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def pretrain_blocks(tokenizer, texts: list[str], seq_len: int) -> list[list[int]]:
+    """The corpus as one token stream (each file opened by BOS, closed by EOS), cut into equal blocks."""
+    stream: list[int] = []
+    for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]:
+        stream.extend(ids)
+        stream.append(tokenizer.eos_token_id)
+    return [stream[start : start + seq_len] for start in range(0, len(stream) - seq_len + 1, seq_len)]
+
+
+def build_base(spec: EmbeddedBaseConfig, destination: Path) -> None:
+    import torch
+    from datasets import Dataset
+    from transformers import (
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    set_seed(spec.seed)
+    texts = stdlib_corpus(spec.corpus_megabytes)
+    log.info("corpus: %d stdlib files, %.1f MB", len(texts), sum(map(len, texts)) / 1e6)
+    tokenizer = build_tokenizer(texts, spec.vocab_size)
+    model_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=None,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(model_config)
+    log.info("model: %.2fM parameters", model.num_parameters() / 1e6)
+
+    with atomic_dir(destination) as staging, tempfile.TemporaryDirectory() as scratch:
+        if spec.pretrain_steps:
+            blocks = pretrain_blocks(tokenizer, texts, spec.pretrain_seq_len)
+            needed = spec.pretrain_steps * spec.pretrain_batch_size
+            blocks = (blocks * math.ceil(needed / len(blocks)))[:needed]
+            dataset = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+            args = TrainingArguments(
+                output_dir=scratch,
+                max_steps=spec.pretrain_steps,
+                per_device_train_batch_size=spec.pretrain_batch_size,
+                learning_rate=spec.pretrain_learning_rate,
+                lr_scheduler_type="cosine",
+                warmup_steps=max(1, spec.pretrain_steps // 20),
+                weight_decay=0.01,
+                logging_steps=max(1, spec.pretrain_steps // 10),
+                save_strategy="no",
+                report_to="none",
+                seed=spec.seed,
+                data_seed=spec.seed,
+                use_cpu=not torch.cuda.is_available(),
+                dataloader_num_workers=0,
+            )
+            Trainer(model=model, args=args, train_dataset=dataset).train()
+        model.generation_config = GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
+        )
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "embedded_spec.json").write_text(spec.model_dump_json(indent=2) + "\n")
+
+
+def main(config: Config, args: argparse.Namespace) -> None:
+    if config.model.name_or_path != "embedded":
+        log.info("model.name_or_path is %s: nothing to build", config.model.name_or_path)
+        return
+    destination = embedded_base_dir(config.model.embedded)
+    if (destination / "config.json").is_file() and not args.rebuild:
+        log.info("embedded base already built: %s", destination)
+        return
+    build_base(config.model.embedded, destination)
+    log.info("embedded base built: %s", destination)
+
+
+if __name__ == "__main__":
+    parser = stage_parser(__doc__.splitlines()[0])
+    parser.add_argument("--rebuild", action="store_true", help="build again even if cached")
+    run_stage(main, parser)

@@ -1,0 +1,212 @@
+"""`make train`: QLoRA supervised fine-tuning with TRL's SFTTrainer on the curated dataset.
+
+4-bit NF4 base (bitsandbytes), `prepare_model_for_kbit_training`, LoRA adapters (PEFT), loss on the
+completion only, evaluation on the validation split. Checkpoints go to runs/<run>/checkpoints and the
+run resumes from the newest one; the final adapter is written atomically to runs/<run>/adapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.cli import run_stage, stage_parser
+from core.config import Config
+from core.errors import UserError
+from core.prompts import LLAMA2_CHAT_TEMPLATE
+from core.runs import RunPaths, atomic_dir, require, write_json_atomic
+from fine_tune.base import resolve_base
+
+log = logging.getLogger(__name__)
+
+
+def compute_dtype(config: Config) -> torch.dtype:
+    """bf16 where the GPU supports it, else fp16; float32 on a CPU (unless the profile names one)."""
+    if config.quant.compute_dtype != "auto":
+        return getattr(torch, config.quant.compute_dtype)
+    if not torch.cuda.is_available():
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def device_map() -> dict[str, Any]:
+    """The whole model on this process's device: one process per GPU under accelerate/torchrun."""
+    if torch.cuda.is_available():
+        return {"": int(os.environ.get("LOCAL_RANK", 0))}
+    return {"": "cpu"}
+
+
+def load_tokenizer(path: str, revision: str | None = None):
+    """The base's tokenizer with a training pad token that is never EOS (Llama-2 has no pad token).
+
+    `unk` is used, as Llama-2 recipes do, so the embeddings never need resizing under QLoRA and the
+    real EOS at the end of every completion keeps its label.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        if tokenizer.unk_token is None or tokenizer.unk_token_id == tokenizer.eos_token_id:
+            raise UserError(f"tokenizer of {path} has neither a pad nor an unk token to pad with")
+        tokenizer.pad_token = tokenizer.unk_token
+    tokenizer.padding_side = "right"
+    tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE  # the format trained here travels with the adapter
+    return tokenizer
+
+
+def load_quantized_model(config: Config, base: str):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtype = compute_dtype(config)
+    quantization = None
+    if config.quant.load_in_4bit:
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=config.quant.quant_type,
+            bnb_4bit_use_double_quant=config.quant.double_quant,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        base,
+        revision=config.model.revision,
+        quantization_config=quantization,
+        dtype=dtype,
+        device_map=device_map(),
+    )
+    model.config.use_cache = False  # the cache is useless in training and breaks packed-sequence isolation
+    if config.quant.load_in_4bit:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.train.gradient_checkpointing
+        )
+    lora = LoraConfig(
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        bias=config.lora.bias,
+        target_modules=config.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def sft_config(config: Config, output_dir: Path):
+    from trl import SFTConfig
+
+    train = config.train
+    on_gpu = torch.cuda.is_available()
+    dtype = compute_dtype(config)
+    return SFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.eval_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        learning_rate=train.learning_rate,
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_ratio,
+        optim=train.optim,
+        bf16=on_gpu and dtype == torch.bfloat16,
+        fp16=on_gpu and dtype == torch.float16,
+        use_cpu=not on_gpu,
+        gradient_checkpointing=train.gradient_checkpointing,
+        max_length=train.max_length,
+        packing=train.packing,
+        completion_only_loss=True,
+        train_sampling_strategy="group_by_length" if train.group_by_length else "random",
+        logging_steps=train.logging_steps,
+        eval_strategy="steps",
+        eval_steps=train.eval_steps,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        save_total_limit=train.save_total_limit,
+        load_best_model_at_end=train.load_best_model_at_end,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
+        seed=config.run.seed,
+        data_seed=config.run.seed,
+        dataloader_num_workers=0,
+    )
+
+
+def checkpoint_to_resume(config: Config, checkpoints: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if config.train.resume == "never":
+        return None
+    if config.train.resume != "auto":
+        return str(require(Path(config.train.resume), "checkpoint to resume", "make train"))
+    return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+
+
+def main(config: Config, args: argparse.Namespace) -> None:
+    from datasets import load_from_disk
+    from transformers import EarlyStoppingCallback, set_seed
+    from trl import SFTTrainer
+
+    paths = RunPaths.of(config)
+    dataset = load_from_disk(str(require(paths.dataset / "data", "curated dataset", "make data")))
+    set_seed(config.run.seed)
+    base = resolve_base(config)
+    tokenizer = load_tokenizer(base, config.model.revision)
+    model = load_quantized_model(config, base)
+    trainable, total = model.get_nb_trainable_parameters()
+    log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
+
+    callbacks = []
+    if config.train.early_stopping_patience and config.train.load_best_model_at_end:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.train.early_stopping_patience))
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(config, paths.checkpoints),
+        train_dataset=dataset["train"],
+        eval_dataset=dataset["validation"],
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    resume_from = checkpoint_to_resume(config, paths.checkpoints)
+    if resume_from:
+        log.info("resuming from %s", resume_from)
+
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    wall_seconds = time.perf_counter() - started
+    evaluation = trainer.evaluate()
+
+    with atomic_dir(paths.adapter) as staging:
+        trainer.model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    report = {
+        "wall_seconds": round(wall_seconds, 2),
+        "steps": trainer.state.global_step,
+        "resumed_from": resume_from,
+        "input_tokens_seen": trainer.state.num_input_tokens_seen,
+        "tokens_per_second": round(trainer.state.num_input_tokens_seen / wall_seconds, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "final_train_loss": round(result.training_loss, 4),
+        "eval_loss": round(evaluation["eval_loss"], 4),
+        "log_history": trainer.state.log_history,
+    }
+    write_json_atomic(paths.reports / "train_report.json", report)
+    summary = {key: value for key, value in report.items() if key != "log_history"}
+    log.info("train report: %s", summary)
+    log.info("adapter: %s", paths.adapter)
+
+
+if __name__ == "__main__":
+    run_stage(main, stage_parser(__doc__.splitlines()[0]))

@@ -1,0 +1,1 @@
+"""Generation with the base or fine-tuned model, and the base-vs-fine-tuned comparison."""
