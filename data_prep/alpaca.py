@@ -32,7 +32,7 @@ def load_records(path: Path) -> list:
         except json.JSONDecodeError as error:
             raise UserError(f"{path}: not valid JSON at line {error.lineno}: {error.msg}") from None
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for line in text.splitlines():
         if line.strip():
             try:
                 records.append(json.loads(line))

@@ -1,0 +1,160 @@
+"""The real stages, run as a user runs them (`python -m ...`), on the smoke profile in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO, SMOKE
+
+pytestmark = pytest.mark.e2e
+
+
+def run_stage(module: str, tmp: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, "-m", module, "--config", str(SMOKE),
+        "--set", f"run.output_dir={tmp / 'runs'}",
+        "--set", f"model.embedded.cache_dir={tmp / 'base'}",
+        *extra,
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{module} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    for module in ("fine_tune.base", "data_prep", "fine_tune.train", "fine_tune.merge"):
+        run_stage(module, tmp)
+    return tmp, tmp / "runs" / "smoke"
+
+
+def test_base_build_is_deterministic_and_loads_with_auto_classes(pipeline, smoke_base_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp, _ = pipeline
+    (built,) = (tmp / "base").iterdir()
+    assert built.name == smoke_base_dir.name
+    assert (built / "model.safetensors").read_bytes() == (smoke_base_dir / "model.safetensors").read_bytes()
+    assert (built / "tokenizer.json").read_bytes() == (smoke_base_dir / "tokenizer.json").read_bytes()
+    model = AutoModelForCausalLM.from_pretrained(built)
+    tokenizer = AutoTokenizer.from_pretrained(built)
+    assert model.config.model_type == "llama"
+    assert tokenizer.pad_token is None
+    assert (tokenizer.unk_token, tokenizer.bos_token, tokenizer.eos_token) == ("<unk>", "<s>", "</s>")
+
+
+def test_dataset_artifacts(pipeline):
+    from datasets import load_from_disk
+
+    _, run = pipeline
+    dataset = load_from_disk(str(run / "dataset" / "data"))
+    assert set(dataset) == {"train", "validation"}
+    assert {"prompt", "completion", "source", "source_id"} <= set(dataset["train"].column_names)
+    assert len(dataset["validation"]) == 8
+    stats = json.loads((run / "dataset" / "stats.json").read_text())
+    assert stats["train_rows"] == len(dataset["train"])
+    assert stats["kept_by_source"] == {"stackoverflow": 40, "alpaca": 20}
+    card = (run / "dataset" / "README.md").read_text()
+    assert "CC-BY-SA 3.0" in card
+    assert all(row["prompt"].startswith("[INST] <<SYS>>\n") for row in dataset["train"])
+
+
+def test_curation_is_byte_deterministic(pipeline, tmp_path):
+    _, run = pipeline
+    again = tmp_path / "again"
+    run_stage("data_prep", pipeline[0], "--set", f"run.output_dir={again}")
+    for name in ("train", "validation"):
+        (first,) = (run / "dataset" / "data" / name).glob("*.arrow")
+        (second,) = (again / "smoke" / "dataset" / "data" / name).glob("*.arrow")
+        assert first.read_bytes() == second.read_bytes()
+
+
+def test_adapter_and_train_report(pipeline):
+    _, run = pipeline
+    adapter = run / "adapter"
+    assert (adapter / "adapter_model.safetensors").stat().st_size > 10_000
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["r"] == 8 and sorted(config["target_modules"]) == ["q_proj", "v_proj"]
+    report = json.loads((run / "reports" / "train_report.json").read_text())
+    assert report["steps"] == 6
+    for key in ("wall_seconds", "tokens_per_second", "peak_rss_mb", "trainable_parameters", "eval_loss"):
+        assert report[key] > 0
+    assert report["trainable_parameters"] < report["total_parameters"]
+
+
+def test_merged_model_is_safetensors_and_equals_base_plus_adapter(pipeline):
+    from datasets import load_from_disk
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp, run = pipeline
+    merged_dir = run / "merged"
+    assert list(merged_dir.glob("*.safetensors")) and not list(merged_dir.glob("*.bin"))
+    check = json.loads((run / "reports" / "merge_check.json").read_text())
+    assert check["passed"]
+
+    (base_dir,) = (tmp / "base").iterdir()
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    rows = load_from_disk(str(run / "dataset" / "data"))["validation"].select(range(3))
+    inputs = tokenizer([r["prompt"] + r["completion"] for r in rows], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        base_plus_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), run / "adapter")
+        expected = base_plus_adapter(**inputs).logits
+        merged = AutoModelForCausalLM.from_pretrained(merged_dir)
+        actual = merged(**inputs).logits
+        base_only = AutoModelForCausalLM.from_pretrained(base_dir)(**inputs).logits
+    mask = inputs["attention_mask"].bool()
+    assert torch.allclose(actual[mask], expected[mask], atol=1e-4)
+    assert not torch.allclose(base_only[mask], expected[mask], atol=1e-3)  # the adapter changed something
+    assert merged.generation_config.eos_token_id == tokenizer.eos_token_id
+
+
+def test_infer_prints_only_an_answer_for_new_model_and_base(pipeline):
+    tmp, _ = pipeline
+    fine_tuned = run_stage("inference", tmp, "--model", "new_model", "--prompt", "How do I reverse a list?")
+    base = run_stage("inference", tmp, "--model", "base", "--prompt", "How do I reverse a list?")
+    assert "[INST]" not in fine_tuned.stdout and "[/INST]" not in base.stdout
+    assert fine_tuned.stdout.strip() or base.stdout.strip()
+
+
+def test_compare_reports_both_models(pipeline):
+    tmp, run = pipeline
+    run_stage("inference.compare", tmp)
+    report = json.loads((run / "reports" / "compare.json").read_text())
+    assert set(report["summary"]) == {"base", "fine-tuned"}
+    for values in report["summary"].values():
+        assert values["validation_loss"] > 0 and 0 <= values["stop_rate"] <= 1
+    assert report["summary"]["fine-tuned"]["validation_loss"] < report["summary"]["base"]["validation_loss"]
+    markdown = (run / "reports" / "compare.md").read_text()
+    assert "| validation_loss |" in markdown and markdown.count("## Example") == report["examples"] == 4
+
+
+@pytest.mark.parametrize(
+    ("module", "extra", "message"),
+    [
+        ("fine_tune.train", ["--set", "train.max_stepz=3"], "train.max_stepz: unknown field"),
+        ("data_prep", ["--set", "data.alpaca.path=missing.json"], "Alpaca file not found: missing.json"),
+        ("fine_tune.train", ["--set", "run.name=nothing-here"], "curated dataset not found"),
+        ("fine_tune.merge", ["--set", "run.name=nothing-here"], "trained adapter not found"),
+        ("inference", ["--model", "no/such-model", "--prompt", "hi"], "cannot reach model no/such-model"),
+        ("inference", ["--model", "./not-a-folder", "--prompt", "hi"], "unknown model './not-a-folder'"),
+        ("inference", ["--model", "base", "--prompt", " "], "empty prompt"),
+        ("fine_tune.push", [], "push needs a repo id"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_1(pipeline, module, extra, message):
+    tmp, _ = pipeline
+    result = run_stage(module, tmp, *extra, check=False)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp / "runs" / "nothing-here").exists()

@@ -1,0 +1,145 @@
+"""Reading the Kaggle CSVs: joins, best answer, scores, orphans, encodings, malformed rows."""
+
+import csv
+import io
+
+import pytest
+
+from core.config import StackOverflowSource
+from core.errors import UserError
+from data_prep.stackoverflow import ReadStats, read_pairs
+
+QUESTION_HEADER = ["Id", "OwnerUserId", "CreationDate", "Score", "Title", "Body"]
+ANSWER_HEADER = ["Id", "OwnerUserId", "CreationDate", "ParentId", "Score", "Body"]
+
+
+def write_csv(path, header, rows, encoding="utf-8"):
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    path.write_bytes(buffer.getvalue().encode(encoding))
+    return path
+
+
+def source(tmp_path, questions, answers, tags=None, encoding="utf-8", **settings):
+    write_csv(tmp_path / "Questions.csv", QUESTION_HEADER, questions, encoding)
+    write_csv(tmp_path / "Answers.csv", ANSWER_HEADER, answers, encoding)
+    if tags is not None:
+        write_csv(tmp_path / "Tags.csv", ["Id", "Tag"], tags, encoding)
+    return StackOverflowSource(
+        questions=tmp_path / "Questions.csv",
+        answers=tmp_path / "Answers.csv",
+        tags=tmp_path / "Tags.csv" if tags is not None else None,
+        **settings,
+    )
+
+
+def question(qid, score=1, title="Title", body="<p>body</p>"):
+    return [qid, "NA", "2010-01-01T00:00:00Z", score, title, body]
+
+
+def answer(aid, parent, score=1, body="<p>answer</p>"):
+    return [aid, 7, "2010-01-02T00:00:00Z", parent, score, body]
+
+
+def test_best_answer_by_score_ties_broken_by_lowest_id(tmp_path):
+    src = source(
+        tmp_path,
+        [question(1), question(2)],
+        [answer(12, 1, 5, "b"), answer(11, 1, 5, "a"), answer(13, 1, 9, "best"), answer(21, 2, 3), answer(20, 2, 3)],
+    )
+    pairs = read_pairs(src, ReadStats())
+    assert [(p.question_id, p.answer_id) for p in pairs] == [(1, 13), (2, 20)]
+
+
+def test_minimum_scores_unanswered_and_orphans_are_counted(tmp_path):
+    src = source(
+        tmp_path,
+        [question(1, score=-2), question(2), question(3)],
+        [answer(10, 1), answer(20, 2, score=-1), answer(21, 2, score=0), answer(99, 404)],
+    )
+    stats = ReadStats()
+    pairs = read_pairs(src, stats)
+    assert [(p.question_id, p.answer_id) for p in pairs] == [(2, 21)]
+    assert stats.low_score_questions == 1
+    assert stats.low_score_answers == 1
+    assert stats.orphan_answers == 1  # 99's question 404 does not exist; 10's question was filtered
+    assert stats.unanswered_questions == 1  # question 3
+    assert (stats.questions_read, stats.answers_read) == (3, 4)
+
+
+def test_multiline_fields_doubled_quotes_and_entities_in_titles(tmp_path):
+    body = '<p>say "hi"</p>\n<pre><code>x = 1\n\n    y = 2\n</code></pre>\n'
+    src = source(tmp_path, [question(1, title="A &amp; B &quot;q&quot;", body=body)], [answer(5, 1)])
+    (pair,) = read_pairs(src, ReadStats())
+    assert pair.title == 'A & B "q"'
+    assert pair.question_html == body
+
+
+def test_utf8_text_comes_out_as_written(tmp_path):
+    src = source(tmp_path, [question(1, title="café → 咖啡")], [answer(5, 1, body="<p>naïve 🙂</p>")])
+    (pair,) = read_pairs(src, ReadStats())
+    assert pair.title == "café → 咖啡"
+    assert pair.answer_html == "<p>naïve 🙂</p>"
+
+
+def test_latin1_file_comes_out_as_written(tmp_path):
+    src = source(tmp_path, [question(1, title="Naïve £5")], [answer(5, 1, body="<p>déjà vu</p>")], encoding="latin-1")
+    (pair,) = read_pairs(src, ReadStats())
+    assert pair.title == "Naïve £5"
+    assert pair.answer_html == "<p>déjà vu</p>"
+
+
+def test_cp1252_bytes_inside_a_utf8_file_fall_back_alone(tmp_path):
+    write_csv(tmp_path / "Answers.csv", ANSWER_HEADER, [answer(5, 1)])
+    mixed = "Id,OwnerUserId,CreationDate,Score,Title,Body\n1,NA,2010-01-01T00:00:00Z,1,".encode()
+    mixed += "café ".encode() + "“quoted” £".encode("cp1252") + b",<p>b</p>\n"
+    (tmp_path / "Questions.csv").write_bytes(mixed)
+    src = StackOverflowSource(questions=tmp_path / "Questions.csv", answers=tmp_path / "Answers.csv")
+    (pair,) = read_pairs(src, ReadStats())
+    assert pair.title == "café “quoted” £"
+
+
+def test_configured_encoding_is_used(tmp_path):
+    src = source(tmp_path, [question(1, title="Łódź")], [answer(5, 1)], encoding="cp1250")
+    src = src.model_copy(update={"encoding": "cp1250"})
+    (pair,) = read_pairs(src, ReadStats())
+    assert pair.title == "Łódź"
+
+
+def test_malformed_rows_are_counted_with_their_line_numbers(tmp_path):
+    src = source(
+        tmp_path,
+        [question(1), [2, "NA", "2010", "x"], question(3, body="<p>two\nlines</p>"), ["oops", "NA", "d", 1, "t", "b"]],
+        [answer(10, 1), answer(30, 3)],
+    )
+    stats = ReadStats()
+    pairs = read_pairs(src, stats)
+    assert [p.question_id for p in pairs] == [1, 3]
+    assert stats.malformed_rows == {"Questions.csv": 2}
+    assert stats.malformed_first_lines == {"Questions.csv": [3, 6]}
+
+
+def test_missing_column_names_the_file_and_the_column(tmp_path):
+    src = source(tmp_path, [question(1)], [answer(5, 1)])
+    write_csv(tmp_path / "Answers.csv", ["Id", "OwnerUserId", "CreationDate", "Score", "Body"], [[5, 1, "d", 1, "b"]])
+    with pytest.raises(UserError, match=r"Answers.csv: missing column ParentId"):
+        read_pairs(src, ReadStats())
+
+
+def test_missing_file_is_named(tmp_path):
+    src = StackOverflowSource(questions=tmp_path / "nope.csv", answers=tmp_path / "Answers.csv")
+    with pytest.raises(UserError, match="Stack Overflow file not found: .*nope.csv"):
+        read_pairs(src, ReadStats())
+
+
+def test_tag_filters(tmp_path):
+    tags = [[1, "python"], [1, "django"], [2, "python"], [3, "python"], [3, "pandas"]]
+    answers = [answer(10, 1), answer(20, 2), answer(30, 3)]
+    included = source(tmp_path, [question(1), question(2), question(3)], answers, tags, include_tags=["pandas"])
+    assert [p.question_id for p in read_pairs(included, ReadStats())] == [3]
+    excluded = included.model_copy(update={"include_tags": [], "exclude_tags": ["django"]})
+    stats = ReadStats()
+    assert [p.question_id for p in read_pairs(excluded, stats)] == [2, 3]
+    assert stats.excluded_by_tags == 1
