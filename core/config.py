@@ -33,7 +33,9 @@ class EmbeddedBaseConfig(Section):
     pretrain_batch_size: int = Field(12, ge=1)
     pretrain_seq_len: int = Field(256, ge=16)
     pretrain_learning_rate: float = Field(2e-3, gt=0)
-    corpus_megabytes: float = Field(4.0, gt=0, description="stdlib source text used for tokenizer and pretraining")
+    corpus_megabytes: float = Field(
+        4.0, gt=0, description="stdlib source text used for tokenizer and pretraining"
+    )
     seed: int = 1234
     cache_dir: Path = Path(".cache/base")
 
@@ -67,7 +69,8 @@ class DataConfig(Section):
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     validation_size: int = Field(1000, ge=1)
     too_long: Literal["drop", "truncate"] = Field(
-        "drop", description="examples longer than train.max_length tokens: drop them, or let training truncate"
+        "drop",
+        description="examples longer than train.max_length tokens: drop them, or let training truncate",
     )
 
     @model_validator(mode="after")
@@ -116,7 +119,9 @@ class TrainConfig(Section):
     save_total_limit: int = Field(2, ge=1)
     early_stopping_patience: int | None = Field(4, ge=1, description="needs load_best_model_at_end")
     load_best_model_at_end: bool = True
-    resume: str = Field("auto", description="auto: the newest checkpoint of the run; never; or a checkpoint path")
+    resume: str = Field(
+        "auto", description="auto: the newest checkpoint of the run; never; or a checkpoint path"
+    )
 
 
 class MergeConfig(Section):

@@ -51,7 +51,9 @@ def read_examples(path: Path, stats: AlpacaStats) -> list[tuple[int, str, str]]:
             if len(stats.malformed_positions) < 10:
                 stats.malformed_positions.append(position)
             continue
-        examples.append((position, user_message(record["instruction"], record.get("input") or ""), record["output"]))
+        examples.append(
+            (position, user_message(record["instruction"], record.get("input") or ""), record["output"])
+        )
     return examples
 
 

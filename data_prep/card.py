@@ -10,7 +10,7 @@ from data_prep.curate import CurationStats
 STACKOVERFLOW_ATTRIBUTION = (
     "Stack Overflow content is licensed under CC-BY-SA 3.0 "
     "(https://creativecommons.org/licenses/by-sa/3.0/); questions and answers are by their Stack Overflow "
-    "authors, from the Kaggle dump \"Python Questions from Stack Overflow\"."
+    'authors, from the Kaggle dump "Python Questions from Stack Overflow".'
 )
 
 
@@ -18,17 +18,14 @@ def dataset_card(config: Config, stats: CurationStats) -> str:
     sources = [name for name, count in stats.kept_by_source.items() if count]
     license_line = "license: cc-by-sa-3.0\n" if "stackoverflow" in sources else ""
     header = (
-        "---\n"
-        f"{license_line}"
-        "task_categories:\n- text-generation\n"
-        "tags:\n- sft\n- llama-2\n- python\n"
-        "---\n"
+        f"---\n{license_line}task_categories:\n- text-generation\ntags:\n- sft\n- llama-2\n- python\n---\n"
     )
     lines = [
         header,
         f"# {config.run.name}: Llama-2 prompt/completion dataset\n",
         "Each row holds a `prompt` in the Llama-2 chat format (`[INST] <<SYS>> ... <</SYS>> ... [/INST]`, "
-        "without the BOS, which the tokenizer adds) and a `completion` (the answer; the trainer appends EOS), "
+        "without the BOS, which the tokenizer adds) and a `completion` (the answer; the trainer appends "
+        "EOS), "
         "plus provenance columns `source`, `source_id`, `question_score`, `answer_score` and `num_tokens`.\n",
         f"System prompt: `{config.data.system_prompt}`\n",
         "## Splits\n",

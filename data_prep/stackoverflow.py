@@ -81,7 +81,9 @@ def read_rows(
                     yield line, dict(zip(header, row, strict=True))
                 line = reader.line_num + 1
     except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not valid {encoding} at byte {error.start}; set data.stackoverflow.encoding") from None
+        raise UserError(
+            f"{path}: not valid {encoding} at byte {error.start}; set data.stackoverflow.encoding"
+        ) from None
     except csv.Error as error:
         raise UserError(f"{path}: unreadable CSV near line {line}: {error}") from None
 
@@ -114,7 +116,9 @@ def read_pairs(source: StackOverflowSource, stats: ReadStats) -> list[Pair]:
     """Questions joined with their best answer, both above the minimum scores, in question Id order."""
     tags = read_tags(source.tags, source.encoding, stats) if source.tags else {}
     if (source.include_tags or source.exclude_tags) and not source.tags:
-        raise UserError("data.stackoverflow.include_tags/exclude_tags need data.stackoverflow.tags (Tags.csv)")
+        raise UserError(
+            "data.stackoverflow.include_tags/exclude_tags need data.stackoverflow.tags (Tags.csv)"
+        )
     include, exclude = set(source.include_tags), set(source.exclude_tags)
 
     seen_questions: set[int] = set()

@@ -72,7 +72,16 @@ def stdlib_corpus(megabytes: float) -> list[str]:
 
 def build_tokenizer(texts: list[str], vocab_size: int):
     """A Llama-2-like tokenizer trained on `texts`: ids 0-2 special, 3-258 byte fallback, then BPE pieces."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))

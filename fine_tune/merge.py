@@ -55,7 +55,9 @@ def main(config: Config, args: argparse.Namespace) -> None:
     tokenizer = AutoTokenizer.from_pretrained(adapter)
     inputs = check_inputs(config, tokenizer)
 
-    base = AutoModelForCausalLM.from_pretrained(resolve_base(config), revision=config.model.revision, dtype=dtype)
+    base = AutoModelForCausalLM.from_pretrained(
+        resolve_base(config), revision=config.model.revision, dtype=dtype
+    )
     model = PeftModel.from_pretrained(base, adapter)
     model.eval()
     reference = masked_logits(model, inputs)

@@ -66,7 +66,9 @@ def push_folder(folder: Path, repo_id: str, card: str, config: Config, kind: str
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    files = sorted({path for pattern in UPLOADED_PATTERNS for path in folder.glob(pattern) if path.name != "README.md"})
+    files = sorted(
+        {path for pattern in UPLOADED_PATTERNS for path in folder.glob(pattern) if path.name != "README.md"}
+    )
     operations = [CommitOperationAdd(path.name, str(path)) for path in files]
     operations.append(CommitOperationAdd("README.md", card.encode("utf-8")))
     api = HfApi()
@@ -80,7 +82,9 @@ def push_folder(folder: Path, repo_id: str, card: str, config: Config, kind: str
         )
     except HfHubHTTPError as error:
         status = error.response.status_code if error.response is not None else "no response"
-        raise UserError(f"push of {kind} to {repo_id} failed ({status}): check the repo id and token") from None
+        raise UserError(
+            f"push of {kind} to {repo_id} failed ({status}): check the repo id and token"
+        ) from None
     except OSError as error:
         raise UserError(f"push of {kind} to {repo_id} failed: cannot reach the Hub ({error})") from None
     return commit.commit_url
@@ -107,7 +111,9 @@ def main(config: Config, args: argparse.Namespace) -> None:
 
     paths = RunPaths.of(config)
     adapter = require(paths.adapter / "adapter_config.json", "trained adapter", "make train").parent
-    base_model = config.model.name_or_path if config.model.name_or_path != "embedded" else resolve_base(config)
+    base_model = (
+        config.model.name_or_path if config.model.name_or_path != "embedded" else resolve_base(config)
+    )
     card = model_card(config, base_model, "adapter", paths.reports, config.hub.model_repo)
     log.info("adapter pushed: %s", push_folder(adapter, config.hub.model_repo, card, config, "adapter"))
     if config.hub.push_merged:
@@ -120,5 +126,7 @@ def main(config: Config, args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = stage_parser(__doc__.splitlines()[0])
     parser.add_argument("--repo", default=None, help="Hub repo id user/name (default hub.model_repo)")
-    parser.add_argument("--if-configured", action="store_true", help="skip with a message when not configured")
+    parser.add_argument(
+        "--if-configured", action="store_true", help="skip with a message when not configured"
+    )
     run_stage(main, parser)

@@ -195,7 +195,9 @@ def main(config: Config, args: argparse.Namespace) -> None:
         "input_tokens_seen": trainer.state.num_input_tokens_seen,
         "tokens_per_second": round(trainer.state.num_input_tokens_seen / wall_seconds, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        if torch.cuda.is_available()
+        else None,
         "trainable_parameters": trainable,
         "total_parameters": total,
         "final_train_loss": round(result.training_loss, 4),

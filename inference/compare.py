@@ -35,12 +35,15 @@ def completion_loss(model, tokenizer, rows: list[dict], batch_size: int) -> floa
     """Mean cross-entropy per completion token over all rows (teacher forcing)."""
     total_loss, total_tokens = 0.0, 0
     for start in range(0, len(rows), batch_size):
-        pairs = [completion_labels(tokenizer, r["prompt"], r["completion"]) for r in rows[start : start + batch_size]]
+        pairs = [
+            completion_labels(tokenizer, r["prompt"], r["completion"])
+            for r in rows[start : start + batch_size]
+        ]
         width = max(len(ids) for ids, _ in pairs)
         pad = tokenizer.pad_token_id
         input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in pairs], device=model.device)
         labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in pairs], device=model.device)
-        attention_mask = (torch.arange(width)[None, :] < torch.tensor([len(ids) for ids, _ in pairs])[:, None])
+        attention_mask = torch.arange(width)[None, :] < torch.tensor([len(ids) for ids, _ in pairs])[:, None]
         logits = model(input_ids=input_ids, attention_mask=attention_mask.to(model.device)).logits.float()
         shifted_logits, shifted_labels = logits[:, :-1], labels[:, 1:]
         loss = torch.nn.functional.cross_entropy(
@@ -95,15 +98,26 @@ def main(config: Config, args: argparse.Namespace) -> None:
     dataset = load_from_disk(str(require(paths.dataset / "data", "curated dataset", "make data")))
     validation = dataset["validation"]
     rows = validation.select(range(min(config.inference.compare_examples, len(validation)))).to_list()
-    results = {"base": evaluate_model(config, "base", rows), "fine-tuned": evaluate_model(config, "new_model", rows)}
+    results = {
+        "base": evaluate_model(config, "base", rows),
+        "fine-tuned": evaluate_model(config, "new_model", rows),
+    }
 
     summary = {name: {k: v for k, v in result.items() if k != "answers"} for name, result in results.items()}
     write_json_atomic(
         paths.reports / "compare.json",
-        {"examples": len(rows), "summary": summary, "answers": [
-            {"prompt": row["prompt"], "reference": row["completion"], **{n: results[n]["answers"][i] for n in results}}
-            for i, row in enumerate(rows)
-        ]},
+        {
+            "examples": len(rows),
+            "summary": summary,
+            "answers": [
+                {
+                    "prompt": row["prompt"],
+                    "reference": row["completion"],
+                    **{n: results[n]["answers"][i] for n in results},
+                }
+                for i, row in enumerate(rows)
+            ],
+        },
     )
     write_text_atomic(paths.reports / "compare.md", markdown_report(rows, results))
     for name, values in summary.items():

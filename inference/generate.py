@@ -50,7 +50,9 @@ def resolve_model(config: Config, name: str) -> ModelSource:
         except (HfHubHTTPError, OfflineModeIsEnabled, OSError) as error:
             raise UserError(f"cannot reach model {name} on the Hub: {type(error).__name__}") from None
         return ModelSource(name, name, is_adapter=is_adapter)
-    raise UserError(f"unknown model {name!r}: use new_model, base, a local model folder or a Hub id (user/name)")
+    raise UserError(
+        f"unknown model {name!r}: use new_model, base, a local model folder or a Hub id (user/name)"
+    )
 
 
 def inference_dtype() -> torch.dtype:
@@ -91,7 +93,9 @@ def generate(model, tokenizer, prompts: list[str], settings: InferenceConfig) ->
     for start in range(0, len(prompts), settings.batch_size):
         batch = tokenizer(prompts[start : start + settings.batch_size], return_tensors="pt", padding=True)
         batch = batch.to(model.device)
-        sampling = {"temperature": settings.temperature, "top_p": settings.top_p} if settings.do_sample else {}
+        sampling = (
+            {"temperature": settings.temperature, "top_p": settings.top_p} if settings.do_sample else {}
+        )
         if settings.do_sample:
             torch.manual_seed(settings.seed)
         output = model.generate(
@@ -107,5 +111,7 @@ def generate(model, tokenizer, prompts: list[str], settings: InferenceConfig) ->
         for row in output[:, batch["input_ids"].shape[1] :].tolist():
             stopped = tokenizer.eos_token_id in row
             tokens = row[: row.index(tokenizer.eos_token_id)] if stopped else row
-            answers.append(Answer(tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(tokens), stopped))
+            answers.append(
+                Answer(tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(tokens), stopped)
+            )
     return answers

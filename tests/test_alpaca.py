@@ -28,7 +28,9 @@ def test_json_list_with_malformed_records_counted_by_position(tmp_path):
 
 def test_jsonl_with_a_broken_line(tmp_path):
     path = tmp_path / "data.jsonl"
-    path.write_text('{"instruction": "a", "output": "A"}\n{broken\n\n{"instruction": "b", "input": "x", "output": "B"}\n')
+    path.write_text(
+        '{"instruction": "a", "output": "A"}\n{broken\n\n{"instruction": "b", "input": "x", "output": "B"}\n'
+    )
     stats = AlpacaStats()
     assert read_examples(path, stats) == [(1, "a", "A"), (3, "b\n\nx", "B")]
     assert stats.malformed_positions == [2]

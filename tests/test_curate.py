@@ -33,11 +33,15 @@ def records(count):
 
 
 def questions_and_answers(count):
-    qs = [question(i, title=f"Question {i}", body=f"<p>Body <code>{i}</code></p>") for i in range(1, count + 1)]
+    qs = [
+        question(i, title=f"Question {i}", body=f"<p>Body <code>{i}</code></p>") for i in range(1, count + 1)
+    ]
     return qs, [answer(100 + i, i, body=f"<pre><code>print({i})\n</code></pre>") for i in range(1, count + 1)]
 
 
-def test_rows_are_rendered_by_the_prompt_function_with_the_configured_system_prompt(tmp_path, smoke_tokenizer):
+def test_rows_are_rendered_by_the_prompt_function_with_the_configured_system_prompt(
+    tmp_path, smoke_tokenizer
+):
     qs, ans = questions_and_answers(1)
     config = make_config(tmp_path, qs, ans, records(9), "data.system_prompt=Be exact.")
     train, validation, _ = curate(config, smoke_tokenizer)
@@ -103,7 +107,7 @@ def test_an_empty_result_names_the_rule_that_removed_everything(tmp_path, smoke_
 
 
 def test_a_source_with_nothing_usable_is_an_error(tmp_path, smoke_tokenizer):
-    qs, ans = questions_and_answers(3)
+    qs, _ = questions_and_answers(3)
     config = make_config(tmp_path, qs, [], records(3))
     with pytest.raises(UserError, match="stackoverflow source gave no usable examples"):
         curate(config, smoke_tokenizer)

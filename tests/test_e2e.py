@@ -106,7 +106,9 @@ def test_merged_model_is_safetensors_and_equals_base_plus_adapter(pipeline):
     rows = load_from_disk(str(run / "dataset" / "data"))["validation"].select(range(3))
     inputs = tokenizer([r["prompt"] + r["completion"] for r in rows], return_tensors="pt", padding=True)
     with torch.no_grad():
-        base_plus_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), run / "adapter")
+        base_plus_adapter = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(base_dir), run / "adapter"
+        )
         expected = base_plus_adapter(**inputs).logits
         merged = AutoModelForCausalLM.from_pretrained(merged_dir)
         actual = merged(**inputs).logits

@@ -47,7 +47,13 @@ def test_best_answer_by_score_ties_broken_by_lowest_id(tmp_path):
     src = source(
         tmp_path,
         [question(1), question(2)],
-        [answer(12, 1, 5, "b"), answer(11, 1, 5, "a"), answer(13, 1, 9, "best"), answer(21, 2, 3), answer(20, 2, 3)],
+        [
+            answer(12, 1, 5, "b"),
+            answer(11, 1, 5, "a"),
+            answer(13, 1, 9, "best"),
+            answer(21, 2, 3),
+            answer(20, 2, 3),
+        ],
     )
     pairs = read_pairs(src, ReadStats())
     assert [(p.question_id, p.answer_id) for p in pairs] == [(1, 13), (2, 20)]
@@ -85,7 +91,9 @@ def test_utf8_text_comes_out_as_written(tmp_path):
 
 
 def test_latin1_file_comes_out_as_written(tmp_path):
-    src = source(tmp_path, [question(1, title="Naïve £5")], [answer(5, 1, body="<p>déjà vu</p>")], encoding="latin-1")
+    src = source(
+        tmp_path, [question(1, title="Naïve £5")], [answer(5, 1, body="<p>déjà vu</p>")], encoding="latin-1"
+    )
     (pair,) = read_pairs(src, ReadStats())
     assert pair.title == "Naïve £5"
     assert pair.answer_html == "<p>déjà vu</p>"
@@ -93,7 +101,7 @@ def test_latin1_file_comes_out_as_written(tmp_path):
 
 def test_cp1252_bytes_inside_a_utf8_file_fall_back_alone(tmp_path):
     write_csv(tmp_path / "Answers.csv", ANSWER_HEADER, [answer(5, 1)])
-    mixed = "Id,OwnerUserId,CreationDate,Score,Title,Body\n1,NA,2010-01-01T00:00:00Z,1,".encode()
+    mixed = b"Id,OwnerUserId,CreationDate,Score,Title,Body\n1,NA,2010-01-01T00:00:00Z,1,"
     mixed += "café ".encode() + "“quoted” £".encode("cp1252") + b",<p>b</p>\n"
     (tmp_path / "Questions.csv").write_bytes(mixed)
     src = StackOverflowSource(questions=tmp_path / "Questions.csv", answers=tmp_path / "Answers.csv")
@@ -111,7 +119,12 @@ def test_configured_encoding_is_used(tmp_path):
 def test_malformed_rows_are_counted_with_their_line_numbers(tmp_path):
     src = source(
         tmp_path,
-        [question(1), [2, "NA", "2010", "x"], question(3, body="<p>two\nlines</p>"), ["oops", "NA", "d", 1, "t", "b"]],
+        [
+            question(1),
+            [2, "NA", "2010", "x"],
+            question(3, body="<p>two\nlines</p>"),
+            ["oops", "NA", "d", 1, "t", "b"],
+        ],
         [answer(10, 1), answer(30, 3)],
     )
     stats = ReadStats()
@@ -123,7 +136,11 @@ def test_malformed_rows_are_counted_with_their_line_numbers(tmp_path):
 
 def test_missing_column_names_the_file_and_the_column(tmp_path):
     src = source(tmp_path, [question(1)], [answer(5, 1)])
-    write_csv(tmp_path / "Answers.csv", ["Id", "OwnerUserId", "CreationDate", "Score", "Body"], [[5, 1, "d", 1, "b"]])
+    write_csv(
+        tmp_path / "Answers.csv",
+        ["Id", "OwnerUserId", "CreationDate", "Score", "Body"],
+        [[5, 1, "d", 1, "b"]],
+    )
     with pytest.raises(UserError, match=r"Answers.csv: missing column ParentId"):
         read_pairs(src, ReadStats())
 
@@ -137,7 +154,9 @@ def test_missing_file_is_named(tmp_path):
 def test_tag_filters(tmp_path):
     tags = [[1, "python"], [1, "django"], [2, "python"], [3, "python"], [3, "pandas"]]
     answers = [answer(10, 1), answer(20, 2), answer(30, 3)]
-    included = source(tmp_path, [question(1), question(2), question(3)], answers, tags, include_tags=["pandas"])
+    included = source(
+        tmp_path, [question(1), question(2), question(3)], answers, tags, include_tags=["pandas"]
+    )
     assert [p.question_id for p in read_pairs(included, ReadStats())] == [3]
     excluded = included.model_copy(update={"include_tags": [], "exclude_tags": ["django"]})
     stats = ReadStats()
