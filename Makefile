@@ -12,12 +12,13 @@ SET ?=
 MODEL ?= new_model
 PROMPT ?=
 HUB_REPO ?=
+BENCH ?=
 STAGE = $(PY) -m $(1) --config $(CONFIG) $(foreach override,$(SET),--set $(override))
 
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help install base data train merge push push-if-configured infer compare all test lint clean distclean
+.PHONY: help install base data train merge push push-if-configured infer compare all test bench lint clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -59,6 +60,9 @@ all: install base data train merge compare push-if-configured ## every stage, en
 
 test: install ## run the test suite (unit, ML-correctness and end-to-end on the smoke profile)
 	$(PY) -m pytest
+
+bench: install ## benchmarks against seed-style baselines (BENCH=name for one): runs/bench/results.json
+	$(PY) -m benchmarks $(BENCH)
 
 lint: install ## ruff
 	$(PY) -m ruff check .

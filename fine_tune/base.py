@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
 BYTE_TOKENS = [f"<0x{value:02X}>" for value in range(256)]
-# Chunks BPE may merge within: a word with the run of spaces before it (indentation becomes a few
-# tokens, not one per space), a run of spaces, or a run of newlines.
-PRE_TOKENIZER_PATTERN = r"▁*[^▁\n]+|▁+|\n+"
+# Chunks BPE may merge within: indentation (a run of spaces, less the one that opens the next word),
+# a word with its opening space, a run of newlines. Indentation becomes a few tokens, not one per space.
+PRE_TOKENIZER_PATTERN = r"▁+(?=▁)|▁?[^▁\n]+|▁+|\n+"
 
 
 def embedded_base_dir(spec: EmbeddedBaseConfig) -> Path:
