@@ -1,1 +1,1 @@
-"""Benchmarks for `make bench`: each module here with a `run()` measures ours against a baseline, in one run."""
+"""Benchmarks for `make bench`: each module with a `run()` measures ours against a baseline in one run."""

@@ -1,4 +1,4 @@
-"""`make bench [BENCH=name]`: run every benchmark module (or the named ones), results in runs/bench/results.json."""
+"""`make bench [BENCH=name]`: run every benchmark (or the named ones) into runs/bench/results.json."""
 
 from __future__ import annotations
 

@@ -32,5 +32,5 @@ def record(
     entries = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
     entries = [existing for existing in entries if existing["name"] != name] + [entry]
     write_json_atomic(RESULTS, entries)
-    print(f"{name}: ours {ours} {unit}, baseline {baseline} {unit}, ratio {entry['ratio']} ({better} is better)")
+    print(f"{name}: ours {ours} {unit}, baseline {baseline} {unit}, ratio {entry['ratio']} ({better} better)")
     return entry

@@ -29,12 +29,12 @@ class EmbeddedBaseConfig(Section):
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     max_position_embeddings: int = Field(1024, ge=64)
-    pretrain_steps: int = Field(200, ge=0)
-    pretrain_batch_size: int = Field(12, ge=1)
+    pretrain_steps: int = Field(600, ge=0)
+    pretrain_batch_size: int = Field(4, ge=1)
     pretrain_seq_len: int = Field(256, ge=16)
-    pretrain_learning_rate: float = Field(2e-3, gt=0)
+    pretrain_learning_rate: float = Field(3e-3, gt=0)
     corpus_megabytes: float = Field(
-        4.0, gt=0, description="stdlib source text used for tokenizer and pretraining"
+        4.0, gt=0, description="text shipped with Python, for the tokenizer and pretraining"
     )
     seed: int = 1234
     cache_dir: Path = Path(".cache/base")
@@ -110,7 +110,8 @@ class TrainConfig(Section):
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     optim: str = "paged_adamw_32bit"
     max_length: int = Field(512, ge=16)
-    packing: bool = False
+    packing: bool = Field(False, description="several examples per row, isolated from each other")
+    completion_only_loss: bool = Field(True, description="loss on the answer and its EOS, not the prompt")
     group_by_length: bool = False
     gradient_checkpointing: bool = True
     logging_steps: int = Field(5, ge=1)

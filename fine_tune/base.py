@@ -1,9 +1,10 @@
 """`make base`: build the embedded default base model, offline and deterministically from a seed.
 
 A small Llama-architecture model with a Llama-2-like tokenizer (BPE with byte fallback, `<unk>` `<s>`
-`</s>`, BOS added on encode, no pad token, the Llama-2 chat template), briefly pretrained on the
-Python standard library's own source so that "base" is a language model, not noise. The result is
-cached under `model.embedded.cache_dir` by a hash of its spec and loads with the Auto classes.
+`</s>`, BOS added on encode, no pad token, the Llama-2 chat template), briefly pretrained on text
+that ships with every Python (the language reference behind `help()` and the standard library's
+source) so that "base" is a language model, not noise. The result is cached under
+`model.embedded.cache_dir` by a hash of its spec and loads with the Auto classes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import json
 import logging
 import math
+import random
 import sys
 import sysconfig
 import tempfile
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
 BYTE_TOKENS = [f"<0x{value:02X}>" for value in range(256)]
+# Part of the cache key: bump it whenever the recipe below changes what a spec builds.
+RECIPE_VERSION = 2
 # Chunks BPE may merge within: indentation (a run of spaces, less the one that opens the next word),
 # a word with its opening space, a run of newlines. Indentation becomes a few tokens, not one per space.
 PRE_TOKENIZER_PATTERN = r"▁+(?=▁)|▁?[^▁\n]+|▁+|\n+"
@@ -37,6 +41,7 @@ def embedded_base_dir(spec: EmbeddedBaseConfig) -> Path:
     """The cache folder of the base this spec builds; the stdlib it learns from is part of the key."""
     fields = spec.model_dump(mode="json", exclude={"cache_dir"})
     fields["python"] = sys.version_info[:2]
+    fields["recipe"] = RECIPE_VERSION
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     return spec.cache_dir / f"llama-{spec.hidden_size}h{spec.num_layers}l-{key}"
 
@@ -52,12 +57,17 @@ def resolve_base(config: Config) -> str:
 
 
 def stdlib_corpus(megabytes: float) -> list[str]:
-    """The first `megabytes` of the standard library's .py files, in sorted path order."""
+    """About `megabytes` of text every Python has: the language reference that `help()` shows (English
+    prose about Python, with code), then the standard library's .py files in sorted path order."""
+    from pydoc_data.topics import topics
+
+    texts = [topics[name] for name in sorted(topics)]
+    budget = int(megabytes * 1_000_000) - sum(map(len, texts))
     root = Path(sysconfig.get_paths()["stdlib"])
-    budget = int(megabytes * 1_000_000)
-    texts = []
     for path in sorted(root.rglob("*.py")):
-        if "site-packages" in path.parts or "test" in path.parts or "tests" in path.parts:
+        if budget <= 0:
+            break
+        if {"site-packages", "test", "tests", "pydoc_data"} & set(path.parts):
             continue
         try:
             text = path.read_text(encoding="utf-8")
@@ -65,8 +75,6 @@ def stdlib_corpus(megabytes: float) -> list[str]:
             continue
         texts.append(text)
         budget -= len(text)
-        if budget <= 0:
-            break
     return texts
 
 
@@ -143,7 +151,7 @@ def build_base(spec: EmbeddedBaseConfig, destination: Path) -> None:
 
     set_seed(spec.seed)
     texts = stdlib_corpus(spec.corpus_megabytes)
-    log.info("corpus: %d stdlib files, %.1f MB", len(texts), sum(map(len, texts)) / 1e6)
+    log.info("corpus: %d texts, %.1f MB", len(texts), sum(map(len, texts)) / 1e6)
     tokenizer = build_tokenizer(texts, spec.vocab_size)
     model_config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -164,6 +172,7 @@ def build_base(spec: EmbeddedBaseConfig, destination: Path) -> None:
     with atomic_dir(destination) as staging, tempfile.TemporaryDirectory() as scratch:
         if spec.pretrain_steps:
             blocks = pretrain_blocks(tokenizer, texts, spec.pretrain_seq_len)
+            random.Random(spec.seed).shuffle(blocks)  # a sample of the whole corpus, not its first files
             needed = spec.pretrain_steps * spec.pretrain_batch_size
             blocks = (blocks * math.ceil(needed / len(blocks)))[:needed]
             dataset = Dataset.from_dict({"input_ids": blocks, "labels": blocks})

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from core.errors import UserError
 from core.prompts import LLAMA2_CHAT_TEMPLATE
 from core.runs import RunPaths, atomic_dir, require, write_json_atomic
 from fine_tune.base import resolve_base
+from fine_tune.report import batch_statistics, peak_cuda_mb, peak_rss_mb, plot_loss_curve
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def sft_config(config: Config, output_dir: Path):
         gradient_checkpointing=train.gradient_checkpointing,
         max_length=train.max_length,
         packing=train.packing,
-        completion_only_loss=True,
+        completion_only_loss=train.completion_only_loss,
         train_sampling_strategy="group_by_length" if train.group_by_length else "random",
         logging_steps=train.logging_steps,
         eval_strategy="steps",
@@ -141,34 +141,41 @@ def sft_config(config: Config, output_dir: Path):
     )
 
 
-def checkpoint_to_resume(config: Config, checkpoints: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def latest_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest checkpoint whose save finished: the trainer writes trainer_state.json last."""
+    complete = [path for path in checkpoints.glob("checkpoint-*") if (path / "trainer_state.json").is_file()]
+    return max(complete, key=lambda path: int(path.name.rpartition("-")[2]), default=None)
 
+
+def checkpoint_to_resume(config: Config, checkpoints: Path) -> str | None:
     if config.train.resume == "never":
         return None
-    if config.train.resume != "auto":
-        return str(require(Path(config.train.resume), "checkpoint to resume", "make train"))
-    return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if config.train.resume == "auto":
+        latest = latest_complete_checkpoint(checkpoints)
+        return str(latest) if latest else None
+    path = Path(config.train.resume)
+    if not (path / "trainer_state.json").is_file():
+        raise UserError(f"train.resume: {path} is not a complete checkpoint (no trainer_state.json)")
+    return str(path)
 
 
-def main(config: Config, args: argparse.Namespace) -> None:
+def build_trainer(config: Config, paths: RunPaths):
+    """The SFTTrainer of this run: QLoRA model, curated dataset, callbacks for stopping and TensorBoard."""
     from datasets import load_from_disk
+    from torch.utils.tensorboard import SummaryWriter
     from transformers import EarlyStoppingCallback, set_seed
+    from transformers.integrations import TensorBoardCallback
     from trl import SFTTrainer
 
-    paths = RunPaths.of(config)
     dataset = load_from_disk(str(require(paths.dataset / "data", "curated dataset", "make data")))
     set_seed(config.run.seed)
     base = resolve_base(config)
     tokenizer = load_tokenizer(base, config.model.revision)
     model = load_quantized_model(config, base)
-    trainable, total = model.get_nb_trainable_parameters()
-    log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
-
-    callbacks = []
+    callbacks = [TensorBoardCallback(SummaryWriter(log_dir=str(paths.logs)))]
     if config.train.early_stopping_patience and config.train.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.train.early_stopping_patience))
-    trainer = SFTTrainer(
+    return SFTTrainer(
         model=model,
         args=sft_config(config, paths.checkpoints),
         train_dataset=dataset["train"],
@@ -176,28 +183,44 @@ def main(config: Config, args: argparse.Namespace) -> None:
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+
+
+def main(config: Config, args: argparse.Namespace) -> None:
+    paths = RunPaths.of(config)
+    trainer = build_trainer(config, paths)
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
+    epoch = batch_statistics(trainer.get_train_dataloader())
     resume_from = checkpoint_to_resume(config, paths.checkpoints)
     if resume_from:
-        log.info("resuming from %s", resume_from)
+        log.info("resuming from %s (train.resume=never starts over)", resume_from)
 
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     wall_seconds = time.perf_counter() - started
     evaluation = trainer.evaluate()
+    if not trainer.is_world_process_zero():
+        return
 
     with atomic_dir(paths.adapter) as staging:
         trainer.model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        trainer.processing_class.save_pretrained(staging)
+    # The statistics are of this process's share of an epoch; scale them to the whole run.
+    batches_run = trainer.state.global_step * config.train.gradient_accumulation_steps
+    epochs_run = batches_run / epoch["batches_per_epoch"]
+    supervised_tokens = epoch["supervised_tokens_per_epoch"] * trainer.args.world_size * epochs_run
     report = {
         "wall_seconds": round(wall_seconds, 2),
         "steps": trainer.state.global_step,
+        "world_size": trainer.args.world_size,
         "resumed_from": resume_from,
+        "packing": config.train.packing,
         "input_tokens_seen": trainer.state.num_input_tokens_seen,
         "tokens_per_second": round(trainer.state.num_input_tokens_seen / wall_seconds, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        if torch.cuda.is_available()
-        else None,
+        "supervised_tokens_per_second": round(supervised_tokens / wall_seconds, 1),
+        **epoch,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_cuda_mb": peak_cuda_mb(),
         "trainable_parameters": trainable,
         "total_parameters": total,
         "final_train_loss": round(result.training_loss, 4),
@@ -205,9 +228,10 @@ def main(config: Config, args: argparse.Namespace) -> None:
         "log_history": trainer.state.log_history,
     }
     write_json_atomic(paths.reports / "train_report.json", report)
+    plot_loss_curve(trainer.state.log_history, paths.reports / "loss_curve.png")
     summary = {key: value for key, value in report.items() if key != "log_history"}
     log.info("train report: %s", summary)
-    log.info("adapter: %s", paths.adapter)
+    log.info("adapter: %s; loss curve: %s", paths.adapter, paths.reports / "loss_curve.png")
 
 
 if __name__ == "__main__":
