@@ -13,7 +13,14 @@ MODEL ?= new_model
 PROMPT ?=
 HUB_REPO ?=
 BENCH ?=
-STAGE = $(PY) -m $(1) --config $(CONFIG) $(foreach override,$(SET),--set $(override))
+NPROC ?= 1
+ACCELERATE_CONFIG ?=
+ARGS = --config $(CONFIG) $(foreach override,$(SET),--set $(override))
+STAGE = $(PY) -m $(1) $(ARGS)
+# Training on several processes: torchrun (CPU or GPU), or `accelerate launch` with ACCELERATE_CONFIG.
+TRAIN_LAUNCH = $(if $(ACCELERATE_CONFIG),$(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) \
+	--num_processes $(NPROC) -m,$(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone \
+	--nproc_per_node $(NPROC) -m,$(PY) -m))
 
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -38,8 +45,8 @@ base: install ## build the embedded base model (offline, cached; nothing to do f
 data: install ## curate the configured sources into runs/<run>/dataset
 	$(call STAGE,data_prep)
 
-train: install ## QLoRA fine-tuning into runs/<run>/adapter (resumes from the newest checkpoint)
-	$(call STAGE,fine_tune.train)
+train: install ## QLoRA fine-tuning into runs/<run>/adapter (resumes; NPROC=N for N processes)
+	$(TRAIN_LAUNCH) fine_tune.train $(ARGS)
 
 merge: install ## merge the adapter into a 16-bit base: runs/<run>/merged
 	$(call STAGE,fine_tune.merge)

@@ -87,6 +87,9 @@ class QuantConfig(Section):
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto: bf16 on GPUs that support it, else fp16; float32 on CPU"
     )
+    quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = Field(
+        "uint8", description="dtype the 4-bit weights are stored in; FSDP needs the compute dtype"
+    )
 
 
 class LoraConfig(Section):

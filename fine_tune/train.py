@@ -36,8 +36,12 @@ def compute_dtype(config: Config) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def device_map() -> dict[str, Any]:
-    """The whole model on this process's device: one process per GPU under accelerate/torchrun."""
+def device_map() -> dict[str, Any] | None:
+    """The whole model on this process's device: one process per GPU under accelerate/torchrun.
+
+    Under FSDP the model is loaded without a device map and sharded by the launcher."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return None
     if torch.cuda.is_available():
         return {"": int(os.environ.get("LOCAL_RANK", 0))}
     return {"": "cpu"}
@@ -73,6 +77,7 @@ def load_quantized_model(config: Config, base: str):
             bnb_4bit_quant_type=config.quant.quant_type,
             bnb_4bit_use_double_quant=config.quant.double_quant,
             bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_quant_storage=getattr(torch, config.quant.quant_storage),
         )
     model = AutoModelForCausalLM.from_pretrained(
         base,

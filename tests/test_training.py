@@ -200,3 +200,12 @@ def test_two_processes_train_with_ddp(curated):
     assert report["world_size"] == 2
     assert report["steps"] == 4
     assert (run / "runs" / "smoke" / "adapter" / "adapter_model.safetensors").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="runs for real on a GPU")
+def test_gpu_memory_script_skips_cleanly_without_a_gpu():
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_memory"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "skipped, no CUDA GPU" in result.stdout
