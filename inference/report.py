@@ -24,8 +24,8 @@ NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def escape(text: str) -> str:
-    """Text safe inside any HTML element or attribute, and well-formed as XML."""
-    return html.escape(NOT_XML.sub("\ufffd", text), quote=True)
+    """Text safe inside an HTML element (not an attribute), and well-formed as XML."""
+    return html.escape(NOT_XML.sub("\ufffd", text), quote=False)
 
 
 def _cell(value: Any) -> str:
@@ -104,7 +104,8 @@ def html_answer(text: str) -> str:
     parts = []
     for segment in split_fenced(text):
         if segment.kind == "code":
-            language = f' class="language-{escape(segment.language)}"' if segment.language else ""
+            language = re.sub(r"[^\w+.-]", "", segment.language)  # safe in an attribute
+            language = f' class="language-{language}"' if language else ""
             parts.append(f"<pre><code{language}>{escape(segment.text)}</code></pre>")
         elif segment.text.strip():
             parts.append(f'<p class="prose">{escape(segment.text.strip(chr(10)))}</p>')

@@ -16,7 +16,10 @@ def make_report() -> dict:
     items = []
     for number, prompt in enumerate(prompts):
         answers = {
-            "base": {"text": f"base answer {number}\n\nwith a gap", "new_tokens": 16, "stopped": False},
+            "base": {
+                "text": f"base answer {number}\n\nwith a gap\n```py\"><b a='\n1\n```",
+                "new_tokens": 16, "stopped": False,
+            },
             "fine-tuned": {
                 "text": f"Use this:\n\n```python\nitems[::-1]  # {number}\n```\n\n{HOSTILE}",
                 "new_tokens": 9, "stopped": True, "rouge_l": 0.5,
@@ -51,9 +54,10 @@ def test_html_is_well_formed_and_holds_every_prompt_and_answer_escaped():
         assert section.find("pre[@class='prompt']").text == item["prompt"].replace("\x00", "\ufffd")
         columns = section.find("div[@class='columns']")
         assert len(columns) == 2  # the two answers side by side
-        tuned_code = columns[1].find("pre/code[@class='language-python']")
+        tuned_code = columns[1].find("pre/code[@class='language-python']")  # the fence's language
         assert tuned_code is not None and tuned_code.text.startswith("items[::-1]")
         assert "with a gap" in "".join(columns[0].itertext())
+        assert columns[0].find("pre/code").get("class") == "language-pyb"  # a hostile language tag, cleaned
         assert (section.find("details") is None) == (item["reference"] is None)
 
 
@@ -64,7 +68,7 @@ def test_markdown_has_the_summary_then_every_prompt_with_both_answers():
     for number, item in enumerate(report["items"], 1):
         assert f"## {number}. {item['kind']}" in markdown
     assert "How do I reverse a list?" in markdown
-    assert "</pre><script>" not in markdown and "&lt;/pre&gt;&lt;script&gt;" in markdown
+    assert "</pre><script>" not in markdown and '&lt;/pre&gt;&lt;script&gt;alert("x")' in markdown
     # Each <pre> opens its own line, so Markdown viewers keep it raw even across blank lines.
     assert all(line.startswith("<pre>") for line in markdown.splitlines() if "<pre>" in line)
     assert markdown.count("<table>") == markdown.count("</table>") == len(report["items"])
