@@ -11,6 +11,7 @@ CONFIG ?= configs/tiny.yaml
 SET ?=
 MODEL ?= new_model
 PROMPT ?=
+PROMPTS_FILE ?=
 HUB_REPO ?=
 BENCH ?=
 NPROC ?= 1
@@ -25,7 +26,7 @@ TRAIN_LAUNCH = $(if $(ACCELERATE_CONFIG),$(VENV)/bin/accelerate launch --config_
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help install base data train merge push push-if-configured infer compare all test bench lint clean distclean
+.PHONY: help install base data train merge push push-if-configured infer chat compare all test bench lint clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -57,10 +58,13 @@ push: install ## push the adapter (and merged model with hub.push_merged) to HUB
 push-if-configured: install
 	$(call STAGE,fine_tune.push) $(if $(HUB_REPO),--repo $(HUB_REPO)) --if-configured
 
-infer: install ## answer PROMPT="..." with MODEL=new_model|base|<path>|<hub id>
-	$(call STAGE,inference) --model "$(MODEL)" --prompt "$(PROMPT)"
+infer: install ## answer PROMPT="..." (streamed) or PROMPTS_FILE=path with MODEL=new_model|base|<path>|<hub id>
+	$(call STAGE,inference) --model "$(MODEL)" --prompt "$(PROMPT)" $(if $(PROMPTS_FILE),--prompts-file "$(PROMPTS_FILE)")
 
-compare: install ## base vs fine-tuned on validation prompts: runs/<run>/reports/compare.md
+chat: install ## chat with MODEL (multi-turn); /base and /tuned switch model, /clear, /quit
+	$(call STAGE,inference.chat) --model "$(MODEL)"
+
+compare: install ## base vs fine-tuned, with numbers: runs/<run>/reports/compare.{md,html,json}
 	$(call STAGE,inference.compare)
 
 all: install base data train merge compare push-if-configured ## every stage, end to end

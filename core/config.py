@@ -149,7 +149,12 @@ class InferenceConfig(Section):
     repetition_penalty: float = Field(1.0, gt=0)
     seed: int = 0
     batch_size: int = Field(8, ge=1)
-    compare_examples: int = Field(32, ge=1)
+    load_in_4bit: bool = Field(False, description="quantize on load as quant.* says: a big model, small GPU")
+    compare_examples: int = Field(32, ge=1, description="validation examples answered by make compare")
+    compare_prompts: Path | None = Field(
+        Path("data/compare_prompts.jsonl"),
+        description="hand-written prompts make compare also answers (JSONL: prompt, system, reference)",
+    )
 
 
 class RunConfig(Section):

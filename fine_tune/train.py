@@ -65,24 +65,28 @@ def load_tokenizer(path: str, revision: str | None = None):
     return tokenizer
 
 
+def quantization_config(config: Config):
+    """The bitsandbytes 4-bit settings of `quant.*` (used by training, and by inference on request)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=config.quant.quant_type,
+        bnb_4bit_use_double_quant=config.quant.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype(config),
+        bnb_4bit_quant_storage=getattr(torch, config.quant.quant_storage),
+    )
+
+
 def load_quantized_model(config: Config, base: str):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
     dtype = compute_dtype(config)
-    quantization = None
-    if config.quant.load_in_4bit:
-        quantization = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=config.quant.quant_type,
-            bnb_4bit_use_double_quant=config.quant.double_quant,
-            bnb_4bit_compute_dtype=dtype,
-            bnb_4bit_quant_storage=getattr(torch, config.quant.quant_storage),
-        )
     model = AutoModelForCausalLM.from_pretrained(
         base,
         revision=config.model.revision,
-        quantization_config=quantization,
+        quantization_config=quantization_config(config) if config.quant.load_in_4bit else None,
         dtype=dtype,
         device_map=device_map(),
     )

@@ -1,28 +1,59 @@
-"""`make infer MODEL=... PROMPT="..."`: answer a question with the base or the fine-tuned model."""
+"""`make infer MODEL=... PROMPT="..."`: answer a question (streamed as it is generated) or a prompts file.
+
+One prompt streams its answer to stdout, then a line on stderr says how it ended; `--prompts-file`
+(one prompt per line, or JSONL with `prompt` and optional `system`) answers many, in batches.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import time
+from pathlib import Path
 
 from core.cli import run_stage, stage_parser
 from core.config import Config
 from core.errors import UserError
-from core.prompts import render_prompt
-from inference.generate import generate, load_model, resolve_model
+from inference.generate import AnswerStreamer, generate, load_model, resolve_model
+from inference.prompts_file import PromptRequest, read_prompts
+
+log = logging.getLogger(__name__)
+
+
+def requests_from_args(args: argparse.Namespace) -> list[PromptRequest]:
+    """The prompt, or the prompts file's prompts; exactly one of them must be given."""
+    prompt = (args.prompt or "").strip()
+    if args.prompts_file:
+        if prompt:
+            raise UserError("give a prompt or a prompts file, not both (PROMPT= or PROMPTS_FILE=)")
+        return read_prompts(Path(args.prompts_file))
+    if not prompt:
+        raise UserError('empty prompt: pass PROMPT="your question" (or PROMPTS_FILE=path)')
+    return [PromptRequest(prompt)]
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
-    if not args.prompt or not args.prompt.strip():
-        raise UserError('empty prompt: pass PROMPT="your question" (or --prompt)')
-    model, tokenizer = load_model(resolve_model(config, args.model))
+    requests = requests_from_args(args)
+    model, tokenizer = load_model(resolve_model(config, args.model), config)
     system = config.data.system_prompt if args.system is None else args.system
-    (answer,) = generate(model, tokenizer, [render_prompt(args.prompt, system)], config.inference)
-    print(answer.text)
+    prompts = [request.rendered(system) for request in requests]
+    if len(prompts) == 1:
+        started = time.perf_counter()
+        (answer,) = generate(model, tokenizer, prompts, config.inference, streamer=AnswerStreamer(tokenizer))
+        seconds = time.perf_counter() - started
+        ending = "stopped at EOS" if answer.stopped else "hit inference.max_new_tokens"
+        log.info("(%d tokens, %s, %.1f tokens/s)", answer.new_tokens, ending, answer.new_tokens / seconds)
+        return
+    log.info("answering %d prompts in batches of %d", len(prompts), config.inference.batch_size)
+    answers = generate(model, tokenizer, prompts, config.inference)
+    for number, (request, answer) in enumerate(zip(requests, answers, strict=True), 1):
+        print(f"### {number}. {request.prompt}\n\n{answer.text}\n", flush=True)
 
 
 if __name__ == "__main__":
     parser = stage_parser(__doc__.splitlines()[0])
     parser.add_argument("--model", default="new_model", help="new_model, base, a local folder or a Hub id")
-    parser.add_argument("--prompt", required=True, help="the question")
+    parser.add_argument("--prompt", default="", help="the question")
+    parser.add_argument("--prompts-file", default=None, help="text (one prompt per line) or .jsonl file")
     parser.add_argument("--system", default=None, help="system prompt (default: data.system_prompt)")
     run_stage(main, parser)

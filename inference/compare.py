@@ -1,8 +1,10 @@
-"""`make compare`: the base and the fine-tuned model side by side on validation prompts, with numbers.
+"""`make compare`: the base and the fine-tuned model side by side on the same prompts, with numbers.
 
-Per model: validation loss and perplexity on the answers (teacher-forced, completion tokens and EOS
-only), the stop rate (answers ended by EOS within the token limit), mean answer length. Writes
-runs/<run>/reports/compare.md and compare.json.
+The prompts: the first `inference.compare_examples` validation examples, then the hand-written prompts of
+`inference.compare_prompts`. Per model: validation loss and perplexity (teacher-forced, on the answer
+tokens and EOS only), stop rate, the fraction of fenced Python code blocks that parse, ROUGE-L against
+the reference answer, mean answer length and tokens/s (see inference/metrics.py). Writes
+runs/<run>/reports/compare.md, compare.html and compare.json, and prints the summary table.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import math
 import time
 
 import torch
@@ -18,77 +19,66 @@ import torch
 from core.cli import run_stage, stage_parser
 from core.config import Config
 from core.runs import RunPaths, require, write_json_atomic, write_text_atomic
-from inference.generate import generate, load_model, resolve_model
+from inference.generate import Answer, generate, load_model, resolve_model
+from inference.metrics import completion_labels, rouge_l, summarize, summed_token_loss
+from inference.prompts_file import PromptRequest, read_prompts
+from inference.report import html_report, markdown_report, summary_table
 
 log = logging.getLogger(__name__)
 
-
-def completion_labels(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
-    """Token ids of BOS + prompt + completion + EOS, and labels that keep only the completion and EOS."""
-    prompt_ids = tokenizer(prompt)["input_ids"]
-    input_ids = tokenizer(prompt + completion)["input_ids"] + [tokenizer.eos_token_id]
-    return input_ids, [-100] * len(prompt_ids) + input_ids[len(prompt_ids) :]
+MODELS = {"base": "base", "fine-tuned": "new_model"}  # report label: model name for resolve_model
 
 
 @torch.no_grad()
-def completion_loss(model, tokenizer, rows: list[dict], batch_size: int) -> float:
-    """Mean cross-entropy per completion token over all rows (teacher forcing)."""
+def validation_loss(model, tokenizer, rows: list[dict], batch_size: int) -> float:
+    """Mean cross-entropy per answer token (completion and EOS) over the rows, teacher-forced."""
     total_loss, total_tokens = 0.0, 0
     for start in range(0, len(rows), batch_size):
         pairs = [
-            completion_labels(tokenizer, r["prompt"], r["completion"])
-            for r in rows[start : start + batch_size]
+            completion_labels(tokenizer, row["prompt"], row["completion"])
+            for row in rows[start : start + batch_size]
         ]
         width = max(len(ids) for ids, _ in pairs)
         pad = tokenizer.pad_token_id
-        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in pairs], device=model.device)
-        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in pairs], device=model.device)
+        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in pairs])
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in pairs])
         attention_mask = torch.arange(width)[None, :] < torch.tensor([len(ids) for ids, _ in pairs])[:, None]
-        logits = model(input_ids=input_ids, attention_mask=attention_mask.to(model.device)).logits.float()
-        shifted_logits, shifted_labels = logits[:, :-1], labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(
-            shifted_logits.reshape(-1, shifted_logits.size(-1)), shifted_labels.reshape(-1), reduction="sum"
-        )
-        total_loss += loss.item()
-        total_tokens += int((shifted_labels != -100).sum())
+        logits = model(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device))
+        loss, tokens = summed_token_loss(logits.logits.cpu(), labels)
+        total_loss += loss
+        total_tokens += tokens
     return total_loss / total_tokens
 
 
-def evaluate_model(config: Config, name: str, rows: list[dict]) -> dict:
-    model, tokenizer = load_model(resolve_model(config, name))
-    loss = completion_loss(model, tokenizer, rows, config.inference.batch_size)
+def evaluate_model(
+    config: Config, name: str, rows: list[dict], prompts: list[str]
+) -> tuple[float, list[Answer], float]:
+    """One model's validation loss, its answers and the seconds they took; the model is freed after."""
+    model, tokenizer = load_model(resolve_model(config, name), config)
+    loss = validation_loss(model, tokenizer, rows, config.inference.batch_size)
     started = time.perf_counter()
-    answers = generate(model, tokenizer, [row["prompt"] for row in rows], config.inference)
+    answers = generate(model, tokenizer, prompts, config.inference)
     seconds = time.perf_counter() - started
-    new_tokens = sum(answer.new_tokens for answer in answers)
     del model
     gc.collect()
-    return {
-        "validation_loss": round(loss, 4),
-        "perplexity": round(math.exp(loss), 2),
-        "stop_rate": round(sum(answer.stopped for answer in answers) / len(answers), 3),
-        "mean_answer_tokens": round(new_tokens / len(answers), 1),
-        "tokens_per_second": round(new_tokens / seconds, 1),
-        "answers": [answer.text for answer in answers],
-    }
+    return loss, answers, seconds
 
 
-def markdown_report(rows: list[dict], results: dict[str, dict]) -> str:
-    metrics = ["validation_loss", "perplexity", "stop_rate", "mean_answer_tokens", "tokens_per_second"]
-    names = list(results)
-    lines = [
-        "# Base vs fine-tuned\n",
-        "| metric | " + " | ".join(names) + " |",
-        "| --- | " + " | ".join("---" for _ in names) + " |",
-        *[f"| {metric} | " + " | ".join(str(results[n][metric]) for n in names) + " |" for metric in metrics],
-        "",
+def comparison_items(rows: list[dict], hand_written: list[PromptRequest], system: str | None) -> list[dict]:
+    """What both models answer: validation examples (prompts already rendered), then hand-written ones."""
+    validation = [
+        {"kind": f"validation example {i}", "prompt": row["prompt"], "reference": row["completion"].strip()}
+        for i, row in enumerate(rows, 1)
     ]
-    for index, row in enumerate(rows):
-        lines += [f"## Example {index + 1}\n", "**Prompt**\n", "```text\n" + row["prompt"] + "\n```\n"]
-        lines += ["**Reference**\n", row["completion"].strip() + "\n"]
-        for name in names:
-            lines += [f"**{name}**\n", (results[name]["answers"][index] or "_(empty)_") + "\n"]
-    return "\n".join(lines)
+    written = [
+        {
+            "kind": f"hand-written prompt {i}",
+            "prompt": request.rendered(system),
+            "reference": request.reference,
+        }
+        for i, request in enumerate(hand_written, 1)
+    ]
+    return validation + written
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
@@ -98,31 +88,41 @@ def main(config: Config, args: argparse.Namespace) -> None:
     dataset = load_from_disk(str(require(paths.dataset / "data", "curated dataset", "make data")))
     validation = dataset["validation"]
     rows = validation.select(range(min(config.inference.compare_examples, len(validation)))).to_list()
-    results = {
-        "base": evaluate_model(config, "base", rows),
-        "fine-tuned": evaluate_model(config, "new_model", rows),
-    }
+    hand_written = read_prompts(config.inference.compare_prompts) if config.inference.compare_prompts else []
 
-    summary = {name: {k: v for k, v in result.items() if k != "answers"} for name, result in results.items()}
-    write_json_atomic(
-        paths.reports / "compare.json",
-        {
-            "examples": len(rows),
-            "summary": summary,
-            "answers": [
-                {
-                    "prompt": row["prompt"],
-                    "reference": row["completion"],
-                    **{n: results[n]["answers"][i] for n in results},
-                }
-                for i, row in enumerate(rows)
-            ],
-        },
-    )
-    write_text_atomic(paths.reports / "compare.md", markdown_report(rows, results))
-    for name, values in summary.items():
-        log.info("%-10s %s", name, values)
-    log.info("report: %s", paths.reports / "compare.md")
+    items = comparison_items(rows, hand_written, config.data.system_prompt)
+    prompts = [item["prompt"] for item in items]
+
+    summary = {}
+    for label, name in MODELS.items():
+        log.info("%s: loss on %d validation answers, then %d prompts", label, len(rows), len(prompts))
+        loss, answers, seconds = evaluate_model(config, name, rows, prompts)
+        scores = [
+            None if it["reference"] is None else rouge_l(a.text, it["reference"])
+            for it, a in zip(items, answers, strict=True)
+        ]
+        summary[label] = summarize(loss, answers, scores, seconds)
+        for item, answer, score in zip(items, answers, scores, strict=True):
+            item.setdefault("answers", {})[label] = {
+                "text": answer.text,
+                "new_tokens": answer.new_tokens,
+                "stopped": answer.stopped,
+                "rouge_l": None if score is None else round(score, 4),
+            }
+
+    settings = config.inference
+    report = {
+        "run": config.run.name,
+        "examples": {"validation": len(rows), "hand_written": len(hand_written)},
+        "decoding": settings.model_dump(include={"max_new_tokens", "do_sample", "temperature", "top_p"}),
+        "summary": summary,
+        "items": items,
+    }
+    write_json_atomic(paths.reports / "compare.json", report)
+    write_text_atomic(paths.reports / "compare.md", markdown_report(report))
+    write_text_atomic(paths.reports / "compare.html", html_report(report))
+    print(summary_table(summary))
+    log.info("reports: %s (.md, .html, .json)", paths.reports / "compare")
 
 
 if __name__ == "__main__":

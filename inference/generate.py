@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -61,22 +62,50 @@ def inference_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def load_model(source: ModelSource):
-    """The model in eval mode and its tokenizer, set for batched generation (left padding, a pad != EOS)."""
+def load_model(source: ModelSource, config: Config):
+    """The model in eval mode and its tokenizer, set for batched generation (left padding, a pad != EOS).
+
+    With `inference.load_in_4bit` the weights are quantized on load as `quant.*` says (NF4 by default),
+    so that a 7B model answers on a small GPU; bitsandbytes also runs it on a CPU, slowly.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from fine_tune.train import quantization_config
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    options: dict[str, Any] = {"dtype": inference_dtype(), "device_map": {"": device}}
+    if config.inference.load_in_4bit:
+        options["quantization_config"] = quantization_config(config)
     if source.is_adapter:
         from peft import AutoPeftModelForCausalLM
 
-        model = AutoPeftModelForCausalLM.from_pretrained(source.path, dtype=inference_dtype())
+        model = AutoPeftModelForCausalLM.from_pretrained(source.path, **options)
     else:
-        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=inference_dtype())
+        model = AutoModelForCausalLM.from_pretrained(source.path, **options)
     tokenizer = AutoTokenizer.from_pretrained(source.path)
-    if tokenizer.pad_token is None:
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         tokenizer.pad_token = tokenizer.unk_token
     tokenizer.padding_side = "left"
-    return model.to(device).eval(), tokenizer
+    return model.eval(), tokenizer
+
+
+def decoding_options(settings: InferenceConfig, tokenizer) -> dict[str, Any]:
+    """The `generate` keyword arguments for the configured decoding: greedy unless `do_sample`.
+
+    `max_new_tokens` counts the answer only, never the prompt. Every way of generating here (batched,
+    streamed, and the benchmark's pipeline baseline) decodes with exactly these options.
+    """
+    options: dict[str, Any] = {
+        "max_new_tokens": settings.max_new_tokens,
+        "do_sample": settings.do_sample,
+        "repetition_penalty": settings.repetition_penalty,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "use_cache": True,
+    }
+    if settings.do_sample:
+        options.update(temperature=settings.temperature, top_p=settings.top_p)
+    return options
 
 
 @dataclass
@@ -86,32 +115,67 @@ class Answer:
     stopped: bool  # ended with EOS before the token limit
 
 
+def answer_from_tokens(tokenizer, new_tokens: list[int]) -> Answer:
+    """The answer in the generated ids: up to the first EOS, decoded without special tokens."""
+    stopped = tokenizer.eos_token_id in new_tokens
+    tokens = new_tokens[: new_tokens.index(tokenizer.eos_token_id)] if stopped else new_tokens
+    return Answer(tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(tokens), stopped)
+
+
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], settings: InferenceConfig) -> list[Answer]:
-    """Answer rendered prompts in batches; only the generated answer is returned, never the prompt."""
-    answers: list[Answer] = []
-    for start in range(0, len(prompts), settings.batch_size):
-        batch = tokenizer(prompts[start : start + settings.batch_size], return_tensors="pt", padding=True)
+def generate(
+    model, tokenizer, prompts: list[str], settings: InferenceConfig, streamer: Any = None
+) -> list[Answer]:
+    """Answer rendered prompts in batches; only the generated answer is returned, never the prompt.
+
+    Prompts are batched by length so that little padding is computed, and answered in their own order.
+    A `streamer` (which transformers allows only for a batch of one) receives the tokens as they come.
+    """
+    if settings.do_sample:
+        from transformers import set_seed
+
+        set_seed(settings.seed)
+    options = decoding_options(settings, tokenizer)
+    encoded = [tokenizer(prompt)["input_ids"] for prompt in prompts]
+    order = sorted(range(len(prompts)), key=lambda index: len(encoded[index]))
+    answers: dict[int, Answer] = {}
+    for start in range(0, len(order), settings.batch_size):
+        indices = order[start : start + settings.batch_size]
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in indices]}, return_tensors="pt")
         batch = batch.to(model.device)
-        sampling = (
-            {"temperature": settings.temperature, "top_p": settings.top_p} if settings.do_sample else {}
-        )
-        if settings.do_sample:
-            torch.manual_seed(settings.seed)
-        output = model.generate(
-            **batch,
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=settings.do_sample,
-            repetition_penalty=settings.repetition_penalty,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            use_cache=True,
-            **sampling,
-        )
-        for row in output[:, batch["input_ids"].shape[1] :].tolist():
-            stopped = tokenizer.eos_token_id in row
-            tokens = row[: row.index(tokenizer.eos_token_id)] if stopped else row
-            answers.append(
-                Answer(tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(tokens), stopped)
-            )
-    return answers
+        output = model.generate(**batch, streamer=streamer, **options)
+        for index, row in zip(indices, output[:, batch["input_ids"].shape[1] :].tolist(), strict=True):
+            answers[index] = answer_from_tokens(tokenizer, row)
+    return [answers[index] for index in range(len(prompts))]
+
+
+class AnswerStreamer:
+    """Prints the answer to stdout as `generate` produces it (a transformers streamer: `put`, `end`).
+
+    It decodes all the answer's tokens so far and prints what is new, rather than decoding pieces the
+    way transformers' TextStreamer does, which drops the space that opens a piece: the indentation of
+    a code line would come out one space short.
+    """
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.printed = 0
+        self.prompt_done = False
+
+    def _text(self) -> str:
+        return self.tokenizer.decode(self.tokens, skip_special_tokens=True).lstrip()
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_done:  # generate passes the prompt first
+            self.prompt_done = True
+            return
+        self.tokens += value.flatten().tolist()
+        text = self._text()
+        if not text.endswith("\ufffd"):  # else wait: a character's bytes are still coming
+            print(text[self.printed :], end="", flush=True)
+            self.printed = len(text)
+
+    def end(self) -> None:
+        print(self._text()[self.printed :], flush=True)
+        self.tokens, self.printed, self.prompt_done = [], 0, False

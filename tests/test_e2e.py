@@ -15,14 +15,16 @@ from tests.conftest import REPO, SMOKE
 pytestmark = pytest.mark.e2e
 
 
-def run_stage(module: str, tmp: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+def run_stage(
+    module: str, tmp: Path, *extra: str, check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess:
     command = [
         sys.executable, "-m", module, "--config", str(SMOKE),
         "--set", f"run.output_dir={tmp / 'runs'}",
         "--set", f"model.embedded.cache_dir={tmp / 'base'}",
         *extra,
     ]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=REPO, input=stdin, capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"{module} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
@@ -119,24 +121,72 @@ def test_merged_model_is_safetensors_and_equals_base_plus_adapter(pipeline):
     assert merged.generation_config.eos_token_id == tokenizer.eos_token_id
 
 
-def test_infer_prints_only_an_answer_for_new_model_and_base(pipeline):
+def test_infer_streams_only_the_answer_for_new_model_and_base(pipeline):
+    from core.prompts import render_prompt
+    from inference.generate import generate, load_model, resolve_model
+    from tests.conftest import smoke_config
+
     tmp, _ = pipeline
     fine_tuned = run_stage("inference", tmp, "--model", "new_model", "--prompt", "How do I reverse a list?")
     base = run_stage("inference", tmp, "--model", "base", "--prompt", "How do I reverse a list?")
     assert "[INST]" not in fine_tuned.stdout and "[/INST]" not in base.stdout
-    assert fine_tuned.stdout.strip() or base.stdout.strip()
+    config = smoke_config(tmp)
+    model, tokenizer = load_model(resolve_model(config, "base"), config)
+    prompt = render_prompt("How do I reverse a list?", config.data.system_prompt)
+    (expected,) = generate(model, tokenizer, [prompt], config.inference)
+    assert base.stdout.strip() == expected.text  # what was streamed is exactly the answer
+    assert f"({expected.new_tokens} tokens, " in base.stderr
+
+
+def test_infer_answers_a_prompts_file_in_batches(pipeline):
+    tmp, _ = pipeline
+    lines = [
+        {"prompt": "How do I reverse a list?"},
+        {"prompt": "Sort a dict by value", "system": "Answer in one line."},
+        {"prompt": "What is a generator?", "system": None},
+    ]
+    jsonl = tmp / "prompts.jsonl"
+    jsonl.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
+    result = run_stage("inference", tmp, "--model", "base", "--prompts-file", str(jsonl))
+    headers = [line for line in result.stdout.splitlines() if line.startswith("### ")]
+    assert headers == [f"### {number}. {line['prompt']}" for number, line in enumerate(lines, 1)]
+    assert "[INST]" not in result.stdout and "answering 3 prompts in batches" in result.stderr
+
+
+def test_chat_keeps_the_conversation_switches_model_and_clears(pipeline):
+    tmp, _ = pipeline
+    turns = (
+        "How do I reverse a list?\n/base\nAnd a tuple?\n/clear\n/nope\n/tuned\nThanks\n/quit\nnever read\n"
+    )
+    out = run_stage("inference.chat", tmp, stdin=turns).stdout
+    order = ["(model: new_model)", "new_model> ", "(model: base)", "base> ", "(conversation cleared)",
+             "unknown command /nope", "(model: new_model)", "new_model> "]  # fmt: skip
+    position = 0
+    for expected in order:
+        position = out.index(expected, position) + len(expected)
+    assert "[INST]" not in out and "never read" not in out
 
 
 def test_compare_reports_both_models(pipeline):
+    from lxml import etree
+
     tmp, run = pipeline
-    run_stage("inference.compare", tmp)
+    result = run_stage("inference.compare", tmp)
     report = json.loads((run / "reports" / "compare.json").read_text())
     assert set(report["summary"]) == {"base", "fine-tuned"}
+    hand_written = sum(1 for line in (REPO / "data" / "compare_prompts.jsonl").open() if line.strip())
+    assert report["examples"] == {"validation": 4, "hand_written": hand_written}
+    assert len(report["items"]) == 4 + hand_written
     for values in report["summary"].values():
         assert values["validation_loss"] > 0 and 0 <= values["stop_rate"] <= 1
+        assert 0 <= values["rouge_l"] <= 1 and values["tokens_per_second"] > 0
     assert report["summary"]["fine-tuned"]["validation_loss"] < report["summary"]["base"]["validation_loss"]
+    assert "| validation loss (answer tokens) |" in result.stdout  # the summary table on the terminal
     markdown = (run / "reports" / "compare.md").read_text()
-    assert "| validation_loss |" in markdown and markdown.count("## Example") == report["examples"] == 4
+    assert markdown.count("<table>") == len(report["items"])
+    page = etree.fromstring((run / "reports" / "compare.html").read_bytes())
+    prompts = [pre.text for pre in page.iter("pre") if pre.get("class") == "prompt"]
+    assert prompts == [item["prompt"] for item in report["items"]]
 
 
 @pytest.mark.parametrize(
@@ -149,14 +199,19 @@ def test_compare_reports_both_models(pipeline):
         ("inference", ["--model", "no/such-model", "--prompt", "hi"], "cannot reach model no/such-model"),
         ("inference", ["--model", "./not-a-folder", "--prompt", "hi"], "unknown model './not-a-folder'"),
         ("inference", ["--model", "base", "--prompt", " "], "empty prompt"),
+        ("inference", ["--model", "base", "--prompts-file", "missing.txt"], "prompts file not found"),
+        ("inference.chat", ["--model", "nothing/there"], "cannot reach model nothing/there"),
         ("fine_tune.push", [], "push needs a repo id"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_1(pipeline, module, extra, message):
     tmp, _ = pipeline
-    result = run_stage(module, tmp, *extra, check=False)
+    assert_one_error(run_stage(module, tmp, *extra, check=False), message)
+    assert not (tmp / "runs" / "nothing-here").exists()
+
+
+def assert_one_error(result: subprocess.CompletedProcess, message: str) -> None:
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
-    assert not (tmp / "runs" / "nothing-here").exists()

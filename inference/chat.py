@@ -1,0 +1,102 @@
+"""`make chat MODEL=...`: a multi-turn chat in the Llama-2 format, each answer streamed as it comes.
+
+Commands: /base and /tuned switch model and keep the conversation, so the other model continues it;
+/clear forgets the conversation; /help; /quit (or the end of input) leaves. When the conversation
+outgrows the model's context, its oldest turns are dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+from collections.abc import Sequence
+
+from core.cli import run_stage, stage_parser
+from core.config import Config
+from core.errors import UserError
+from core.prompts import render_prompt
+from inference.generate import AnswerStreamer, generate, load_model, resolve_model
+
+HELP = "commands: /base, /tuned (switch model, keep the conversation), /clear (forget it), /help, /quit"
+
+
+def fitted_prompt(
+    tokenizer, user: str, system: str | None, history: Sequence[tuple[str, str]], max_tokens: int
+) -> tuple[str, int]:
+    """The rendered prompt with as many recent turns as fit in `max_tokens`, and how many were dropped."""
+    for dropped in range(len(history) + 1):
+        prompt = render_prompt(
+            user, system, history[dropped:], eos_token=tokenizer.eos_token, bos_token=tokenizer.bos_token
+        )
+        if len(tokenizer(prompt)["input_ids"]) <= max_tokens:
+            return prompt, dropped
+    raise UserError(f"the message is too long for the model's context ({max_tokens} prompt tokens)")
+
+
+class ChatSession:
+    def __init__(self, config: Config, model_name: str) -> None:
+        self.config = config
+        self.tuned_name = "new_model" if model_name == "base" else model_name
+        self.history: list[tuple[str, str]] = []
+        self.name = model_name
+        self.model = self.tokenizer = None
+        self.switch(model_name)
+
+    def switch(self, name: str) -> None:
+        """Load another model; an unknown or missing one leaves the current one in place."""
+        source = resolve_model(self.config, name)
+        self.model = None
+        gc.collect()
+        self.model, self.tokenizer = load_model(source, self.config)
+        self.name = name
+        print(f"(model: {name})", flush=True)
+
+    def reply(self, user: str) -> None:
+        settings = self.config.inference
+        room = getattr(self.model.config, "max_position_embeddings", 4096) - settings.max_new_tokens
+        system = self.config.data.system_prompt
+        prompt, dropped = fitted_prompt(self.tokenizer, user, system, self.history, room)
+        if dropped:
+            del self.history[:dropped]
+            print(f"(dropped the {dropped} oldest turn(s) to fit the context)", flush=True)
+        print(f"{self.name}> ", end="", flush=True)
+        (answer,) = generate(self.model, self.tokenizer, [prompt], settings, AnswerStreamer(self.tokenizer))
+        self.history.append((user, answer.text))
+
+    def command(self, line: str) -> bool:
+        """Run a /command; False when the chat should end."""
+        if line in ("/quit", "/exit"):
+            return False
+        if line == "/clear":
+            self.history.clear()
+            print("(conversation cleared)", flush=True)
+        elif line in ("/base", "/tuned"):
+            self.switch("base" if line == "/base" else self.tuned_name)
+        else:
+            print(HELP if line == "/help" else f"unknown command {line}; {HELP}", flush=True)
+        return True
+
+
+def main(config: Config, args: argparse.Namespace) -> None:
+    session = ChatSession(config, args.model)
+    print(HELP, flush=True)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            print()
+            return
+        try:
+            if line.startswith("/"):
+                if not session.command(line):
+                    return
+            elif line:
+                session.reply(line)
+        except UserError as error:  # a bad switch or an overlong message: say so and go on chatting
+            print(f"error: {error}", flush=True)
+
+
+if __name__ == "__main__":
+    parser = stage_parser(__doc__.splitlines()[0])
+    parser.add_argument("--model", default="new_model", help="new_model, base, a local folder or a Hub id")
+    run_stage(main, parser)

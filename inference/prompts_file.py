@@ -1,0 +1,70 @@
+"""Prompts to answer in bulk: a text file with one prompt per line, or a `.jsonl` file with one object per
+line: `prompt`, and optionally `system` (null: the configured system prompt; "": none) and `reference`
+(an expected answer, which `make compare` scores against)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.errors import UserError
+from core.prompts import render_prompt
+
+FIELDS = ("prompt", "system", "reference")
+
+
+@dataclass(frozen=True)
+class PromptRequest:
+    prompt: str
+    system: str | None = None  # None: the configured system prompt
+    reference: str | None = None
+
+    def rendered(self, default_system: str | None) -> str:
+        return render_prompt(self.prompt, default_system if self.system is None else self.system)
+
+
+def parse_prompt_lines(text: str) -> list[PromptRequest]:
+    """One prompt per non-blank line."""
+    return [PromptRequest(line.strip()) for line in text.splitlines() if line.strip()]
+
+
+def parse_prompt_jsonl(text: str, source: str) -> list[PromptRequest]:
+    """One JSON object per non-blank line; a bad line is named with its number."""
+    requests = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{source} line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{where}: not valid JSON ({error.msg})") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{where}: expected an object with a prompt, got {type(record).__name__}")
+        unknown = sorted(set(record) - set(FIELDS))
+        if unknown:
+            raise UserError(f"{where}: unknown field {unknown[0]!r} (allowed: {', '.join(FIELDS)})")
+        if not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
+            raise UserError(f"{where}: `prompt` must be a non-empty string")
+        for field in ("system", "reference"):
+            if record.get(field) is not None and not isinstance(record[field], str):
+                raise UserError(f"{where}: `{field}` must be a string or null")
+        requests.append(
+            PromptRequest(record["prompt"].strip(), record.get("system"), record.get("reference"))
+        )
+    return requests
+
+
+def read_prompts(path: Path) -> list[PromptRequest]:
+    """The prompts of a `.jsonl` file or of a plain text file; a missing or empty file is an error."""
+    if not path.is_file():
+        raise UserError(f"prompts file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"prompts file {path} is not UTF-8 text") from None
+    requests = parse_prompt_jsonl(text, str(path)) if path.suffix == ".jsonl" else parse_prompt_lines(text)
+    if not requests:
+        raise UserError(f"prompts file {path} holds no prompts")
+    return requests

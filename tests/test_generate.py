@@ -1,0 +1,111 @@
+"""Generation with the real smoke base model: only the answer comes back, it stops at EOS, and left-padded
+batches answer exactly as one prompt at a time."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.prompts import render_prompt
+from inference.chat import fitted_prompt
+from inference.generate import ModelSource, decoding_options, generate, load_model
+from tests.conftest import smoke_config
+
+QUESTIONS = [
+    "How do I reverse a list?",
+    "What is the fastest way to read a very large CSV file with pandas when memory is short?",
+    "Sort a dict by value",
+    "Why does my recursive function return None even though it prints the right value at the end?",
+]
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory):
+    return smoke_config(tmp_path_factory.mktemp("generate")).inference
+
+
+@pytest.fixture(scope="module")
+def base(smoke_base_dir: Path, tmp_path_factory):
+    config = smoke_config(tmp_path_factory.mktemp("load"))
+    return load_model(ModelSource("base", str(smoke_base_dir), is_adapter=False), config)
+
+
+def prompts() -> list[str]:
+    return [render_prompt(question, "Be brief.") for question in QUESTIONS]
+
+
+def test_loaded_for_batched_generation(base):
+    model, tokenizer = base
+    assert tokenizer.padding_side == "left"
+    assert tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert not model.training
+
+
+def test_batched_left_padded_answers_equal_one_by_one(base, settings):
+    model, tokenizer = base
+    batched = generate(model, tokenizer, prompts(), settings.model_copy(update={"batch_size": 4}))
+    alone = generate(model, tokenizer, prompts(), settings.model_copy(update={"batch_size": 1}))
+    assert batched == alone
+    assert len({answer.text for answer in batched}) > 1  # different prompts, different answers
+
+
+def test_only_the_answer_is_returned_and_max_new_tokens_excludes_the_prompt(base, settings):
+    model, tokenizer = base
+    prompt = prompts()[1]
+    inputs = tokenizer(prompt, return_tensors="pt")
+    full = model.generate(**inputs, **decoding_options(settings, tokenizer))[0].tolist()
+    (answer,) = generate(model, tokenizer, [prompt], settings)
+    new = full[inputs["input_ids"].shape[1] :]
+    assert len(new) == settings.max_new_tokens == answer.new_tokens and not answer.stopped
+    assert answer.text == tokenizer.decode(new, skip_special_tokens=True).strip()
+    assert "[INST]" not in answer.text and "Be brief" not in answer.text
+
+
+def test_generation_stops_at_eos_and_drops_what_follows(base, settings, smoke_base_dir, tmp_path):
+    """Give EOS the same output weights as the 4th greedy token of one answer: the tie goes to EOS (the
+    lower id), so that answer must end there with its first 3 tokens, while another prompt in the same
+    batch runs on to the limit."""
+    model, tokenizer = base
+    first, other = prompts()[0], prompts()[2]
+    tokens = model.generate(**tokenizer(first, return_tensors="pt"), **decoding_options(settings, tokenizer))
+    continuation = tokens[0, len(tokenizer(first)["input_ids"]) :].tolist()
+    cut = next(i for i in range(3, len(continuation)) if continuation[i] not in continuation[:i])
+    stopper = load_model(ModelSource("base", str(smoke_base_dir), is_adapter=False), smoke_config(tmp_path))[
+        0
+    ]
+    with torch.no_grad():
+        stopper.lm_head.weight[tokenizer.eos_token_id] = stopper.lm_head.weight[continuation[cut]]
+    stopped, running = generate(stopper, tokenizer, [first, other], settings)
+    assert stopped.stopped and stopped.new_tokens == cut
+    assert stopped.text == tokenizer.decode(continuation[:cut], skip_special_tokens=True).strip()
+    assert tokenizer.eos_token_id < continuation[cut]
+    assert running.new_tokens > cut  # the batch ran on: the pads after the first answer's EOS were cut
+
+
+def test_sampling_is_reproducible_with_the_seed(base, settings):
+    model, tokenizer = base
+    sampling = settings.model_copy(update={"do_sample": True, "temperature": 1.5, "seed": 3})
+    first = generate(model, tokenizer, prompts(), sampling)
+    assert generate(model, tokenizer, prompts(), sampling) == first
+    assert decoding_options(sampling, tokenizer)["temperature"] == 1.5
+    assert "temperature" not in decoding_options(settings, tokenizer)
+
+
+def test_four_bit_loading_quantizes_and_still_answers(smoke_base_dir, tmp_path, settings):
+    from bitsandbytes.nn import Linear4bit
+
+    config = smoke_config(tmp_path, "inference.load_in_4bit=true")
+    model, tokenizer = load_model(ModelSource("base", str(smoke_base_dir), is_adapter=False), config)
+    assert isinstance(model.model.layers[0].self_attn.q_proj, Linear4bit)
+    (answer,) = generate(model, tokenizer, prompts()[:1], settings)
+    assert answer.new_tokens > 0
+
+
+def test_chat_prompt_drops_the_oldest_turns_to_fit(smoke_tokenizer):
+    history = [(f"question {n} " + "word " * 20, f"answer {n} " + "word " * 20) for n in range(4)]
+    full, dropped = fitted_prompt(smoke_tokenizer, "last?", "Be brief.", history, max_tokens=10_000)
+    assert dropped == 0 and full == render_prompt("last?", "Be brief.", history)
+    limit = len(smoke_tokenizer(render_prompt("last?", "Be brief.", history[2:]))["input_ids"])
+    fitted, dropped = fitted_prompt(smoke_tokenizer, "last?", "Be brief.", history, max_tokens=limit)
+    assert dropped == 2 and fitted == render_prompt("last?", "Be brief.", history[2:])
+    assert fitted.startswith("[INST] <<SYS>>\nBe brief.")  # the system prompt stays with the first turn kept

@@ -1,0 +1,81 @@
+"""The comparison reports: a well-formed, escaped HTML page and Markdown holding every prompt and answer."""
+
+from lxml import etree
+
+from inference.report import html_report, markdown_report, summary_table
+
+HOSTILE = "Close </pre><script>alert(\"x\")</script> & <b>bold</b>\x00 'quoted'"
+
+
+def make_report() -> dict:
+    summary_values = {
+        "validation_loss": 2.5, "perplexity": 12.18, "stop_rate": 0.5, "code_blocks": 0,
+        "code_parse_rate": None, "rouge_l": 0.25, "mean_answer_tokens": 12.0, "tokens_per_second": 99.5,
+    }  # fmt: skip
+    prompts = ["[INST] How do I reverse a list? [/INST]", f"[INST] {HOSTILE} [/INST]", "[INST] Third [/INST]"]
+    items = []
+    for number, prompt in enumerate(prompts):
+        answers = {
+            "base": {
+                "text": f"base answer {number}\n\nwith a gap\n```py\"><b a='\n1\n```",
+                "new_tokens": 16, "stopped": False,
+            },
+            "fine-tuned": {
+                "text": f"Use this:\n\n```python\nitems[::-1]  # {number}\n```\n\n{HOSTILE}",
+                "new_tokens": 9, "stopped": True, "rouge_l": 0.5,
+            },
+        }  # fmt: skip
+        reference = None if number == 2 else "Use `items[::-1]`."
+        items.append(
+            {"kind": f"example {number}", "prompt": prompt, "reference": reference, "answers": answers}
+        )
+    return {
+        "run": "unit",
+        "examples": {"validation": 2, "hand_written": 1},
+        "decoding": {"max_new_tokens": 16, "do_sample": False, "temperature": 0.7, "top_p": 0.9},
+        "summary": {"base": summary_values, "fine-tuned": {**summary_values, "stop_rate": 1.0}},
+        "items": items,
+    }
+
+
+def test_html_is_well_formed_and_holds_every_prompt_and_answer_escaped():
+    report = make_report()
+    page = etree.fromstring(html_report(report).encode("utf-8"))  # strict XML: every tag closed
+    assert page.tag == "html" and not page.findall(".//script")
+    body = page.find("body")
+    children = [child.tag for child in body]
+    assert children.index("table") < children.index("section")  # the summary comes first
+    cells = [cell.text for cell in body.find("table").iter("td")]
+    assert "n/a" in cells and "99.5" in cells and "1.0" in cells
+
+    sections = body.findall("section")
+    assert len(sections) == len(report["items"])
+    for section, item in zip(sections, report["items"], strict=True):
+        assert section.find("pre[@class='prompt']").text == item["prompt"].replace("\x00", "\ufffd")
+        columns = section.find("div[@class='columns']")
+        assert len(columns) == 2  # the two answers side by side
+        tuned_code = columns[1].find("pre/code[@class='language-python']")  # the fence's language
+        assert tuned_code is not None and tuned_code.text.startswith("items[::-1]")
+        assert "with a gap" in "".join(columns[0].itertext())
+        assert columns[0].find("pre/code").get("class") == "language-pyb"  # a hostile language tag, cleaned
+        assert (section.find("details") is None) == (item["reference"] is None)
+
+
+def test_markdown_has_the_summary_then_every_prompt_with_both_answers():
+    report = make_report()
+    markdown = markdown_report(report)
+    assert markdown.index("| stop rate (EOS before the limit) | 0.5 | 1.0 |") < markdown.index("## 1.")
+    for number, item in enumerate(report["items"], 1):
+        assert f"## {number}. {item['kind']}" in markdown
+    assert "How do I reverse a list?" in markdown
+    assert "</pre><script>" not in markdown and '&lt;/pre&gt;&lt;script&gt;alert("x")' in markdown
+    # Each <pre> opens its own line, so Markdown viewers keep it raw even across blank lines.
+    assert all(line.startswith("<pre>") for line in markdown.splitlines() if "<pre>" in line)
+    assert markdown.count("<table>") == markdown.count("</table>") == len(report["items"])
+
+
+def test_summary_table_has_one_row_per_metric_and_a_column_per_model():
+    table = summary_table(make_report()["summary"]).splitlines()
+    assert table[0] == "| metric | base | fine-tuned |"
+    assert "| Python code blocks that parse | n/a | n/a |" in table
+    assert len(table) == 2 + 8
