@@ -18,7 +18,7 @@ STAGE = $(PY) -m $(1) --config $(CONFIG) $(foreach override,$(SET),--set $(overr
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help install base data train merge push push-if-configured infer compare all test bench lint clean distclean
+.PHONY: help install base data train merge push push-data push-if-configured infer compare all test bench lint clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,16 +45,20 @@ merge: install ## merge the adapter into a 16-bit base: runs/<run>/merged
 	$(call STAGE,fine_tune.merge)
 
 push: install ## push the adapter (and merged model with hub.push_merged) to HUB_REPO or hub.model_repo
-	$(call STAGE,fine_tune.push) $(if $(HUB_REPO),--repo $(HUB_REPO))
+	$(call STAGE,fine_tune.push) $(if $(HUB_REPO),--set hub.model_repo=$(HUB_REPO))
+
+push-data: install ## push the curated dataset and its card to HUB_REPO or hub.dataset_repo
+	$(call STAGE,data_prep.push) $(if $(HUB_REPO),--set hub.dataset_repo=$(HUB_REPO))
 
 push-if-configured: install
-	$(call STAGE,fine_tune.push) $(if $(HUB_REPO),--repo $(HUB_REPO)) --if-configured
+	$(call STAGE,fine_tune.push) $(if $(HUB_REPO),--set hub.model_repo=$(HUB_REPO)) --if-configured
+	$(call STAGE,data_prep.push) --if-configured
 
 infer: install ## answer PROMPT="..." with MODEL=new_model|base|<path>|<hub id>
 	$(call STAGE,inference) --model "$(MODEL)" --prompt "$(PROMPT)"
 
-compare: install ## base vs fine-tuned on validation prompts: runs/<run>/reports/compare.md
-	$(call STAGE,inference.compare)
+compare: install ## base vs MODEL (default new_model) on validation prompts: runs/<run>/reports/compare.md
+	$(call STAGE,inference.compare) --model "$(MODEL)"
 
 all: install base data train merge compare push-if-configured ## every stage, end to end
 

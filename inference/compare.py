@@ -100,13 +100,14 @@ def main(config: Config, args: argparse.Namespace) -> None:
     rows = validation.select(range(min(config.inference.compare_examples, len(validation)))).to_list()
     results = {
         "base": evaluate_model(config, "base", rows),
-        "fine-tuned": evaluate_model(config, "new_model", rows),
+        "fine-tuned": evaluate_model(config, args.model, rows),
     }
 
     summary = {name: {k: v for k, v in result.items() if k != "answers"} for name, result in results.items()}
     write_json_atomic(
         paths.reports / "compare.json",
         {
+            "model": args.model,
             "examples": len(rows),
             "summary": summary,
             "answers": [
@@ -126,4 +127,8 @@ def main(config: Config, args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, stage_parser(__doc__.splitlines()[0]))
+    parser = stage_parser(__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", default="new_model", help="the fine-tuned side: new_model, a local folder or a Hub id"
+    )
+    run_stage(main, parser)
