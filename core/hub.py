@@ -76,6 +76,12 @@ def status_of(error: BaseException) -> int | None:
     return getattr(response, "status_code", None)
 
 
+def failure_reason(error: BaseException) -> str:
+    """`HTTP 503`, or the kind of network failure (`ConnectError`, `ReadTimeout`, ...)."""
+    status = status_of(error)
+    return f"HTTP {status}" if status else type(error).__name__
+
+
 def is_transient(error: BaseException) -> bool:
     """A server error, rate limit or timeout status, or a network failure (reset, refused, timed out)."""
     import httpx2
@@ -103,10 +109,9 @@ def describe_failure(error: BaseException, what: str, repo_id: str, attempts: in
             "that the namespace exists"
         )
     if is_transient(error):
-        reason = f"HTTP {status}" if status else type(error).__name__
         return (
-            f"pushing {what} to {repo_id} failed {attempts} times ({reason}): the Hub or the network is "
-            "unavailable; try again later (pushing again is safe)"
+            f"pushing {what} to {repo_id} failed {attempts} times ({failure_reason(error)}): the Hub or the "
+            "network is unavailable; try again later (pushing again is safe)"
         )
     server_message = getattr(error, "server_message", None) or type(error).__name__
     return f"pushing {what} to {repo_id} failed (HTTP {status}): {server_message}".replace("\n", " ")
@@ -132,11 +137,10 @@ def with_retries(
         except (HfHubHTTPError, httpx2.TransportError) as error:
             if not is_transient(error) or attempt == attempts:
                 raise UserError(describe_failure(error, what, repo_id, attempt)) from None
-            reason = f"HTTP {status_of(error)}" if status_of(error) else type(error).__name__
             attempt += 1
             log.warning(
                 "pushing %s to %s: %s; retrying in %g s (attempt %d of %d)",
-                what, repo_id, reason, wait, attempt, attempts,
+                what, repo_id, failure_reason(error), wait, attempt, attempts,
             )  # fmt: skip
             time.sleep(wait)
             wait *= 2

@@ -1,9 +1,10 @@
 """A small Hugging Face Hub-compatible HTTP server, so that tests push and download with the real client.
 
-Standard library only; the endpoints and headers are those `huggingface_hub` 2.4 and `datasets` 5.2
-call (../shared/reference/hub-protocol.md). Repos live in memory: a branch names a commit, a commit
-maps paths to blobs, LFS objects are kept by sha256. Every request is logged, and faults can be
-injected: answer the next N requests whose path matches with a status, or drop the connection.
+Standard library, and PyYAML for card metadata. The endpoints and headers are those `huggingface_hub`
+2.4 and `datasets` 5.2 call (../shared/reference/hub-protocol.md). Repos live in memory: a branch
+names a commit, a commit maps paths to blobs, LFS objects are kept by sha256. Every request is logged,
+and faults can be injected: answer the next N requests whose path matches with a status, or drop the
+connection.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+import yaml
 
 # Files committed through LFS, as the Hub's default .gitattributes does, and anything large.
 LFS_SUFFIXES = (".safetensors", ".bin", ".parquet", ".arrow", ".pt", ".pth", ".pkl", ".model")
@@ -320,15 +323,16 @@ class HubHandler(BaseHTTPRequestHandler):
     def repo_info(self, match: dict[str, str], body: bytes) -> int:
         _, repo = self.kind_and_repo(match)
         sha, files = self.commit_files(repo, match.get("rev", "main"))
-        return self.send_json(
-            200,
-            {
-                "id": repo.repo_id,
-                "sha": sha,
-                "private": repo.private,
-                "siblings": [{"rfilename": path} for path in sorted(files)],
-            },
-        )
+        info = {
+            "id": repo.repo_id,
+            "sha": sha,
+            "private": repo.private,
+            "siblings": [{"rfilename": path} for path in sorted(files)],
+        }
+        card = files.get("README.md")
+        if card is not None and card.data.startswith(b"---\n"):
+            info["cardData"] = yaml.safe_load(card.data.decode().split("---\n")[1])  # the card's metadata
+        return self.send_json(200, info)
 
     def refs(self, match: dict[str, str], body: bytes) -> int:
         _, repo = self.kind_and_repo(match)

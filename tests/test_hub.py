@@ -21,7 +21,7 @@ import torch
 from core.prompts import render_prompt
 from tests.conftest import REPO, run_stage, smoke_config
 from tests.hub_client import check_logits
-from tests.hub_server import HubServer
+from tests.hub_server import Blob, HubServer, Repo
 
 pytestmark = pytest.mark.e2e
 
@@ -188,6 +188,10 @@ def test_infer_answers_with_an_adapter_or_merged_model_from_the_hub(pipeline, hu
         prompt = render_prompt(question, config.data.system_prompt)
         (expected,) = generate(model, tokenizer, [prompt], config.inference)
         assert remote.stdout.strip() == expected.text, repo
+    missing = against(
+        hub, outputs, tmp, "inference", "--model", "user/none", "--prompt", question, check=False
+    )
+    assert missing.returncode == 1 and "error: model user/none not found on the Hub" in missing.stderr
 
 
 def test_compare_takes_a_model_from_the_hub(pipeline, hub, pushed, outputs, tmp_path):
@@ -197,6 +201,28 @@ def test_compare_takes_a_model_from_the_hub(pipeline, hub, pushed, outputs, tmp_
     against(hub, outputs, tmp, "inference.compare", "--model", ADAPTER, "--set", f"run.output_dir={tmp_path}")
     report = json.loads((tmp_path / "smoke" / "reports" / "compare.json").read_text())
     assert report["model"] == ADAPTER and set(report["summary"]) == {"base", "fine-tuned"}
+
+
+def test_an_adapter_on_a_hub_base_names_it_states_its_license_and_goes_to_the_revision(
+    pipeline, hub, outputs
+):
+    from huggingface_hub import ModelCard
+
+    tmp, _ = pipeline
+    with hub.state.lock:  # a base already on the Hub, whose card states a license
+        base = Repo("model", "meta/llama-like", private=False)
+        hub.state.repos[("model", base.repo_id)] = base
+        card = Blob(b"---\nlicense: llama2\n---\n# A base\n", lfs=False)
+        hub.state.commit(base, "main", {"README.md": card}, "initial commit")
+    against(hub, outputs, tmp, "fine_tune.push", "--set", "model.name_or_path=meta/llama-like",
+            "--set", "hub.model_repo=user/on-hub-base", "--set", "hub.revision=dev")  # fmt: skip
+    assert ("model", "user/on-hub-base-base") not in hub.state.repos  # nothing but the adapter pushed
+    assert set(hub.state.files("model", "user/on-hub-base")) == set()  # main stays as created
+    files = hub.state.files("model", "user/on-hub-base", revision="dev")
+    config = json.loads(files["adapter_config.json"])
+    assert config["base_model_name_or_path"] == "meta/llama-like" and config["revision"] is None
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.base_model == "meta/llama-like" and card.data.license == "llama2"
 
 
 def test_transient_failures_are_retried(pipeline, hub, outputs):
