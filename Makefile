@@ -26,7 +26,8 @@ TRAIN_LAUNCH = $(if $(ACCELERATE_CONFIG),$(VENV)/bin/accelerate launch --config_
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help install base data train merge push push-if-configured infer chat compare all test bench lint clean distclean
+.PHONY: help install base data train merge push push-data push-if-configured infer chat compare all test bench lint \
+	clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -53,10 +54,14 @@ merge: install ## merge the adapter into a 16-bit base: runs/<run>/merged
 	$(call STAGE,fine_tune.merge)
 
 push: install ## push the adapter (and merged model with hub.push_merged) to HUB_REPO or hub.model_repo
-	$(call STAGE,fine_tune.push) $(if $(HUB_REPO),--repo $(HUB_REPO))
+	$(call STAGE,fine_tune.push) $(if $(HUB_REPO),--set hub.model_repo=$(HUB_REPO))
+
+push-data: install ## push the curated dataset and its card to HUB_REPO or hub.dataset_repo
+	$(call STAGE,data_prep.push) $(if $(HUB_REPO),--set hub.dataset_repo=$(HUB_REPO))
 
 push-if-configured: install
-	$(call STAGE,fine_tune.push) $(if $(HUB_REPO),--repo $(HUB_REPO)) --if-configured
+	$(call STAGE,fine_tune.push) $(if $(HUB_REPO),--set hub.model_repo=$(HUB_REPO)) --if-configured
+	$(call STAGE,data_prep.push) --if-configured
 
 infer: install ## answer PROMPT="..." (streamed) or PROMPTS_FILE=path with MODEL=new_model|base|<path>|<hub id>
 	$(call STAGE,inference) --model "$(MODEL)" --prompt "$(PROMPT)" $(if $(PROMPTS_FILE),--prompts-file "$(PROMPTS_FILE)")
@@ -64,8 +69,8 @@ infer: install ## answer PROMPT="..." (streamed) or PROMPTS_FILE=path with MODEL
 chat: install ## chat with MODEL (multi-turn); /base and /tuned switch model, /clear, /quit
 	$(call STAGE,inference.chat) --model "$(MODEL)"
 
-compare: install ## base vs fine-tuned, with numbers: runs/<run>/reports/compare.{md,html,json}
-	$(call STAGE,inference.compare)
+compare: install ## base vs MODEL (default new_model), with numbers: runs/<run>/reports/compare.{md,html,json}
+	$(call STAGE,inference.compare) --model "$(MODEL)"
 
 all: install base data train merge compare push-if-configured ## every stage, end to end
 

@@ -129,16 +129,30 @@ class TrainConfig(Section):
 
 
 class MergeConfig(Section):
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    max_shard_size: str = "2GB"
+    dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16",
+        description="the unquantized base and the merged weights; float32 only where a CPU needs it",
+    )
+    max_shard_size: str = Field(
+        "2GB", pattern=r"^\d+(KB|KiB|MB|MiB|GB|GiB)$", description="largest safetensors shard, e.g. 2GB"
+    )
+
+
+# A Hub repo id as `make push HUB_REPO=...` takes it: namespace/name.
+HUB_REPO_ID = r"^[A-Za-z0-9][\w.-]*/[\w.-]+$"
 
 
 class HubConfig(Section):
-    model_repo: str | None = Field(None, description="user/name for the adapter (and merged model)")
-    dataset_repo: str | None = None
+    model_repo: str | None = Field(
+        None,
+        pattern=HUB_REPO_ID,
+        description="user/name for the adapter; the merged model goes to <model_repo>-merged and, for the "
+        "embedded base, the base to <model_repo>-base",
+    )
+    dataset_repo: str | None = Field(None, pattern=HUB_REPO_ID, description="user/name for `make push-data`")
     private: bool = True
     push_merged: bool = False
-    revision: str | None = None
+    revision: str | None = Field(None, description="a branch to push to (created if missing); default main")
 
 
 class InferenceConfig(Section):

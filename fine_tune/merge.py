@@ -1,15 +1,24 @@
 """`make merge`: merge the LoRA adapter into a 16-bit copy of the base, never into 4-bit weights.
 
-The base is loaded unquantized in `merge.dtype`, the adapter applied and merged in place with
-`merge_and_unload`, and the result saved as safetensors with the tokenizer (Llama-2 chat template) and
-a generation config. A self-check then reloads the saved model and compares its logits with those of
-base + adapter computed before the merge; the result goes to runs/<run>/reports/merge_check.json.
+The base is loaded unquantized in `merge.dtype` (bf16 by default; float32 where a CPU check needs
+exact logits), the adapter applied and merged in place with `merge_and_unload`, and the result saved as
+safetensors shards (`merge.max_shard_size`) with the tokenizer (Llama-2 chat template), a generation
+config (EOS and pad ids) and a model card. A self-check then reloads the saved model and compares its
+logits with those of base + adapter computed before the merge; the result is printed and written to
+runs/<run>/reports/merge_check.json, and a merge that fails it is never moved into place.
+
+Memory: the weights are held once. A base stored in merge.dtype is read lazily from its safetensors
+files, merging rewrites each adapted matrix in place, saving writes shard by shard, and the check
+reloads only after the merged model is freed: peak RSS is the 16-bit model's size plus the interpreter
+(`make bench` measures it). A base stored in another dtype costs one more copy while it is converted.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
+import resource
 
 import torch
 
@@ -18,6 +27,7 @@ from core.config import Config
 from core.errors import UserError
 from core.runs import RunPaths, atomic_dir, require, write_json_atomic
 from fine_tune.base import resolve_base
+from fine_tune.card import base_hub_id, model_card
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +38,10 @@ TOLERANCE = {torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 2.5e-1}
 
 def check_inputs(config: Config, tokenizer, count: int = 4) -> dict[str, torch.Tensor]:
     """A few validation examples (prompt + completion), right-padded, as the self-check's inputs."""
-    from datasets import load_from_disk
-
     dataset_dir = RunPaths.of(config).dataset / "data"
     if dataset_dir.is_dir():
+        from datasets import load_from_disk
+
         rows = load_from_disk(str(dataset_dir))["validation"].select(range(count))
         texts = [row["prompt"] + row["completion"] for row in rows]
     else:
@@ -45,51 +55,78 @@ def masked_logits(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     return logits[inputs["attention_mask"].bool()]
 
 
+def refuse_quantized_base(base: str, revision: str | None) -> None:
+    """Merging into 4-bit weights loses the adapter's precision: the base must be stored unquantized."""
+    from transformers import AutoConfig
+
+    if getattr(AutoConfig.from_pretrained(base, revision=revision), "quantization_config", None):
+        raise UserError(
+            f"the base {base} is stored quantized; merging needs its unquantized 16-bit weights: "
+            "set model.name_or_path to the unquantized base"
+        )
+
+
 def main(config: Config, args: argparse.Namespace) -> None:
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from fine_tune.train import load_tokenizer
 
     paths = RunPaths.of(config)
     adapter = require(paths.adapter / "adapter_config.json", "trained adapter", "make train").parent
     dtype = getattr(torch, config.merge.dtype)
-    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    base_path = resolve_base(config)
+    refuse_quantized_base(base_path, config.model.revision)
+    tokenizer = load_tokenizer(str(adapter))  # pad = unk, never EOS; the Llama-2 chat template
     inputs = check_inputs(config, tokenizer)
 
-    base = AutoModelForCausalLM.from_pretrained(
-        resolve_base(config), revision=config.model.revision, dtype=dtype
-    )
+    base = AutoModelForCausalLM.from_pretrained(base_path, revision=config.model.revision, dtype=dtype)
     model = PeftModel.from_pretrained(base, adapter)
     model.eval()
     reference = masked_logits(model, inputs)
     merged = model.merge_and_unload()
-    merged.generation_config.eos_token_id = tokenizer.eos_token_id
-    merged.generation_config.pad_token_id = tokenizer.pad_token_id
+    generation = merged.generation_config
+    generation.bos_token_id, generation.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    generation.pad_token_id = tokenizer.pad_token_id
     merged.config.use_cache = True
 
-    # The check reads the saved files back, so a merge that fails it is never moved into place.
     with atomic_dir(paths.merged) as staging:
         merged.save_pretrained(staging, max_shard_size=config.merge.max_shard_size)
         tokenizer.save_pretrained(staging)
         del merged, model, base
+        gc.collect()
         reloaded = AutoModelForCausalLM.from_pretrained(staging, dtype=dtype)
         reloaded.eval()
         difference = (masked_logits(reloaded, inputs) - reference).abs().max().item()
+        del reloaded
+        weight_files = sorted(staging.glob("*.safetensors"))
         check = {
             "dtype": config.merge.dtype,
             "max_abs_logit_difference": difference,
             "tolerance": TOLERANCE[dtype],
             "passed": difference <= TOLERANCE[dtype],
             "tokens_compared": int(inputs["attention_mask"].sum()),
-            "weight_files": sorted(path.name for path in staging.iterdir() if "safetensors" in path.name),
+            "weight_files": [path.name for path in weight_files],
+            "weights_mb": round(sum(path.stat().st_size for path in weight_files) / 2**20, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
         write_json_atomic(paths.reports / "merge_check.json", check)
-        log.info("merge self-check: %s", check)
+        log.info(
+            "merge self-check %s: max |logit difference| %.3g, tolerance %g (%s, %d tokens); "
+            "peak RSS %.0f MB for %.0f MB of weights",
+            "passed" if check["passed"] else "FAILED", difference, check["tolerance"], check["dtype"],
+            check["tokens_compared"], check["peak_rss_mb"], check["weights_mb"],
+        )  # fmt: skip
         if not check["passed"]:
             raise UserError(
                 f"merged model differs from base + adapter by {difference:.4g} > {TOLERANCE[dtype]} in logits"
             )
         if any(staging.glob("*.bin")):
             raise UserError("merge wrote pickled .bin weights; expected safetensors only")
+        card = model_card(
+            config, "merged", str(paths.merged), base_hub_id(config, config.hub.model_repo), None
+        )
+        (staging / "README.md").write_text(card, encoding="utf-8")
     log.info("merged model: %s", paths.merged)
 
 

@@ -1,8 +1,14 @@
 """`make push`: push the adapter (and, with hub.push_merged, the merged model) to the Hugging Face Hub.
 
-The token comes from HF_TOKEN or the client's stored login, never from the config, and is written
-nowhere. Only safetensors, configs, tokenizer files and the generated card are uploaded: no pickles,
-checkpoints or logs.
+Where: hub.model_repo, or `make push HUB_REPO=user/name`; the merged model goes to <repo>-merged.
+Private by default (hub.private); to the branch hub.revision when set; one commit per repo, named
+after the run. What: safetensors weights, configs, tokenizer files and a generated model card, by an
+allowlist; never pickles (training_args.bin, optimizer and scheduler states), checkpoints or logs.
+
+An adapter names its base in adapter_config.json, and a Hub user must be able to load that base. So
+the pushed copy names the base's Hub id: model.name_or_path when it is one, and for the embedded base,
+which exists on no Hub, <repo>-base, which this stage pushes too (a few MB). The local adapter folder
+keeps its local base path, so everything here still works offline.
 """
 
 from __future__ import annotations
@@ -10,123 +16,118 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 from pathlib import Path
 
-from core.cli import run_stage, stage_parser
+from core.cli import run_stage
 from core.config import Config
 from core.errors import UserError
-from core.prompts import render_prompt
+from core.hub import configure_client, push_parser, push_target, with_retries
 from core.runs import RunPaths, require
+from fine_tune.base import resolve_base
+from fine_tune.card import base_hub_id, model_card
 
 log = logging.getLogger(__name__)
 
-UPLOADED_PATTERNS = ["*.safetensors", "*.json", "*.model", "*.jinja", "*.txt"]
+# The top-level files a Hub user needs to load a model or an adapter; nothing else is ever pushed.
+PUSHED_FILES = re.compile(
+    r".+\.safetensors|model\.safetensors\.index\.json|(adapter_|generation_)?config\.json"
+    r"|tokenizer(_config)?\.json|tokenizer\.model|special_tokens_map\.json|added_tokens\.json"
+    r"|chat_template\.(jinja|json)|vocab\.(json|txt)|merges\.txt"
+)
 
 
-def model_card(config: Config, base_model: str, kind: str, reports: Path, repo_id: str) -> str:
-    """A README.md with Hub metadata, the prompt format, the training settings and the run's results."""
-    is_adapter = kind == "adapter"
-    train_report = reports / "train_report.json"
-    results = json.loads(train_report.read_text()) if train_report.is_file() else {}
-    metadata = [
-        "---",
-        f"base_model: {base_model}",
-        *(["library_name: peft"] if is_adapter else ["library_name: transformers"]),
-        "pipeline_tag: text-generation",
-        "tags:\n- trl\n- sft\n- qlora\n- llama-2",
-        *([f"datasets:\n- {config.hub.dataset_repo}"] if config.hub.dataset_repo else []),
-        "---",
-    ]
-    loader = (
-        "from peft import AutoPeftModelForCausalLM\n"
-        f'model = AutoPeftModelForCausalLM.from_pretrained("{repo_id}")'
-        if is_adapter
-        else "from transformers import AutoModelForCausalLM\n"
-        f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")'
-    )
-    body = [
-        f"# {config.run.name} ({kind})\n",
-        f"QLoRA fine-tune of `{base_model}` with TRL's SFTTrainer: 4-bit {config.quant.quant_type} base, "
-        f"LoRA r={config.lora.r}, alpha={config.lora.alpha}, dropout={config.lora.dropout} on "
-        f"{', '.join(config.lora.target_modules)}.\n",
-        "## Prompt format\n",
-        "```text\n<s>" + render_prompt("{question}", config.data.system_prompt) + " {answer}</s>\n```\n",
-        "## Training\n",
-        "```json\n" + config.train.model_dump_json(indent=2) + "\n```\n",
-        "## Results\n",
-        f"- final train loss: {results.get('final_train_loss', 'n/a')}",
-        f"- validation loss: {results.get('eval_loss', 'n/a')}\n",
-        "## Use\n",
-        "```python\n" + loader + "\n```\n",
-    ]
-    return "\n".join(metadata) + "\n\n" + "\n".join(body)
+def files_to_push(folder: Path) -> list[Path]:
+    """The allowlisted files directly in `folder`. Pickles, trainer state, logs and a local README.md
+    (the generated card replaces it) stay here; subfolders such as checkpoints are never walked."""
+    return sorted(path for path in folder.iterdir() if path.is_file() and PUSHED_FILES.fullmatch(path.name))
 
 
-def push_folder(folder: Path, repo_id: str, card: str, config: Config, kind: str) -> str:
-    from huggingface_hub import CommitOperationAdd, HfApi
+def adapter_config_for_hub(adapter: Path, base_id: str, base_revision: str | None) -> bytes:
+    """The adapter's config, naming a base that a Hub user can load (PEFT loads it at `revision`)."""
+    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base_id
+    config["revision"] = base_revision
+    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+
+
+def base_license(base_id: str) -> str | None:
+    """The license the base's own Hub card states (llama2 for meta-llama/Llama-2-7b-hf), if any."""
+    import httpx2
+    from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    files = sorted(
-        {path for pattern in UPLOADED_PATTERNS for path in folder.glob(pattern) if path.name != "README.md"}
-    )
-    operations = [CommitOperationAdd(path.name, str(path)) for path in files]
-    operations.append(CommitOperationAdd("README.md", card.encode("utf-8")))
-    api = HfApi()
     try:
+        card = HfApi().model_info(base_id).card_data
+    except (HfHubHTTPError, httpx2.TransportError) as error:
+        log.info("no license for the card: cannot read %s's card (%s)", base_id, type(error).__name__)
+        return None
+    return card.get("license") if card else None
+
+
+def push_folder(
+    folder: Path, repo_id: str, card: str, config: Config, what: str, replaced: dict[str, bytes] | None = None
+) -> str:
+    """One commit of the folder's pushable files (some `replaced` by new content) and the card."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi()
+    revision = config.hub.revision
+    replaced = replaced or {}
+
+    def push() -> str:
         api.create_repo(repo_id, private=config.hub.private, exist_ok=True)
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        operations = [
+            CommitOperationAdd(path.name, replaced.get(path.name, str(path)))
+            for path in files_to_push(folder)
+        ]
+        operations.append(CommitOperationAdd("README.md", card.encode("utf-8")))
         commit = api.create_commit(
-            repo_id,
-            operations,
-            commit_message=f"Upload {kind} of run {config.run.name}",
-            revision=config.hub.revision,
+            repo_id, operations, commit_message=f"Upload {what} of run {config.run.name}", revision=revision
         )
-    except HfHubHTTPError as error:
-        status = error.response.status_code if error.response is not None else "no response"
-        raise UserError(
-            f"push of {kind} to {repo_id} failed ({status}): check the repo id and token"
-        ) from None
-    except OSError as error:
-        raise UserError(f"push of {kind} to {repo_id} failed: cannot reach the Hub ({error})") from None
-    return commit.commit_url
+        return commit.commit_url
+
+    return with_retries(push, what, repo_id)
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
-    from huggingface_hub import get_token
-
-    if args.repo:
-        config.hub.model_repo = args.repo
-    missing = []
-    if not config.hub.model_repo:
-        missing.append("a repo id (hub.model_repo, or HUB_REPO=user/name)")
-    if get_token() is None:
-        missing.append("a token (HF_TOKEN, or `hf auth login`)")
-    if missing:
-        message = "push needs " + " and ".join(missing)
-        if args.if_configured:
-            log.info("push skipped: %s", message)
-            return
-        raise UserError(message)
-
-    from fine_tune.base import resolve_base
-
+    repo = push_target(config.hub.model_repo, "hub.model_repo", args.if_configured)
+    if repo is None:
+        return
     paths = RunPaths.of(config)
     adapter = require(paths.adapter / "adapter_config.json", "trained adapter", "make train").parent
-    base_model = (
-        config.model.name_or_path if config.model.name_or_path != "embedded" else resolve_base(config)
-    )
-    card = model_card(config, base_model, "adapter", paths.reports, config.hub.model_repo)
-    log.info("adapter pushed: %s", push_folder(adapter, config.hub.model_repo, card, config, "adapter"))
+    merged = None
     if config.hub.push_merged:
         merged = require(paths.merged / "config.json", "merged model", "make merge").parent
-        repo = f"{config.hub.model_repo}-merged"
-        card = model_card(config, base_model, "merged model", paths.reports, repo)
-        log.info("merged model pushed: %s", push_folder(merged, repo, card, config, "merged model"))
+    base_id = base_hub_id(config, repo)
+    if base_id is None:
+        raise UserError(
+            f"the base {config.model.name_or_path} is a local folder that Hub users cannot load: name "
+            "its Hub id for the push (make push SET=model.name_or_path=org/name)"
+        )
+    configure_client()
+
+    if config.model.name_or_path == "embedded":
+        base_revision, license_id = config.hub.revision, None
+        card = model_card(config, "base", base_id, None, None)
+        log.info(
+            "base pushed: %s", push_folder(Path(resolve_base(config)), base_id, card, config, "the base")
+        )
+    else:
+        base_revision, license_id = config.model.revision, base_license(base_id)
+
+    card = model_card(config, "adapter", repo, base_id, license_id)
+    hub_config = {"adapter_config.json": adapter_config_for_hub(adapter, base_id, base_revision)}
+    log.info("adapter pushed: %s", push_folder(adapter, repo, card, config, "the adapter", hub_config))
+    if merged is not None:
+        merged_repo = f"{repo}-merged"
+        card = model_card(config, "merged", merged_repo, base_id, license_id)
+        log.info(
+            "merged model pushed: %s", push_folder(merged, merged_repo, card, config, "the merged model")
+        )
 
 
 if __name__ == "__main__":
-    parser = stage_parser(__doc__.splitlines()[0])
-    parser.add_argument("--repo", default=None, help="Hub repo id user/name (default hub.model_repo)")
-    parser.add_argument(
-        "--if-configured", action="store_true", help="skip with a message when not configured"
-    )
-    run_stage(main, parser)
+    run_stage(main, push_parser(__doc__.splitlines()[0]))

@@ -26,8 +26,6 @@ from inference.report import html_report, markdown_report, summary_table
 
 log = logging.getLogger(__name__)
 
-MODELS = {"base": "base", "fine-tuned": "new_model"}  # report label: model name for resolve_model
-
 
 @torch.no_grad()
 def validation_loss(model, tokenizer, rows: list[dict], batch_size: int) -> float:
@@ -94,7 +92,7 @@ def main(config: Config, args: argparse.Namespace) -> None:
     prompts = [item["prompt"] for item in items]
 
     summary = {}
-    for label, name in MODELS.items():
+    for label, name in {"base": "base", "fine-tuned": args.model}.items():
         log.info("%s: loss on %d validation answers, then %d prompts", label, len(rows), len(prompts))
         loss, answers, seconds = evaluate_model(config, name, rows, prompts)
         scores = [
@@ -113,6 +111,7 @@ def main(config: Config, args: argparse.Namespace) -> None:
     settings = config.inference
     report = {
         "run": config.run.name,
+        "model": args.model,
         "examples": {"validation": len(rows), "hand_written": len(hand_written)},
         "decoding": settings.model_dump(include={"max_new_tokens", "do_sample", "temperature", "top_p"}),
         "summary": summary,
@@ -126,4 +125,8 @@ def main(config: Config, args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, stage_parser(__doc__.splitlines()[0]))
+    parser = stage_parser(__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", default="new_model", help="the fine-tuned side: new_model, a local folder or a Hub id"
+    )
+    run_stage(main, parser)

@@ -43,14 +43,22 @@ def resolve_model(config: Config, name: str) -> ModelSource:
             return ModelSource(name, str(local), is_adapter=False)
         raise UserError(f"{local} holds neither a model (config.json) nor an adapter (adapter_config.json)")
     if HUB_ID.match(name) and not local.exists():
-        from huggingface_hub import file_exists
-        from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+        import httpx2
+        from huggingface_hub import HfApi, constants
+        from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+        from core.hub import failure_reason
 
         try:
-            is_adapter = file_exists(name, "adapter_config.json")
-        except (HfHubHTTPError, OfflineModeIsEnabled, OSError) as error:
-            raise UserError(f"cannot reach model {name} on the Hub: {type(error).__name__}") from None
-        return ModelSource(name, name, is_adapter=is_adapter)
+            files = {sibling.rfilename for sibling in HfApi().model_info(name).siblings or []}
+        except RepositoryNotFoundError:
+            raise UserError(
+                f"model {name} not found on the Hub ({constants.ENDPOINT}): check the id, and for a private "
+                "repo, the token (HF_TOKEN or `hf auth login`)"
+            ) from None
+        except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.TransportError, OSError) as error:
+            raise UserError(f"cannot reach model {name} on the Hub: {failure_reason(error)}") from None
+        return ModelSource(name, name, is_adapter="adapter_config.json" in files)
     raise UserError(
         f"unknown model {name!r}: use new_model, base, a local model folder or a Hub id (user/name)"
     )

@@ -1,4 +1,5 @@
-"""Shared fixtures. Every test runs offline: the Hub is never reached."""
+"""Shared fixtures. Every test runs offline: the Hub is never reached, except the local Hub server of
+tests/test_hub.py, which its subprocesses reach through HF_ENDPOINT."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +45,36 @@ def smoke_tokenizer(smoke_base_dir: Path):
     from fine_tune.train import load_tokenizer
 
     return load_tokenizer(str(smoke_base_dir))
+
+
+def run_stage(
+    module: str,
+    tmp: Path,
+    *extra: str,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess:
+    """A stage as a user runs it (`python -m ...`) on the smoke profile, with its outputs under `tmp`."""
+    command = [
+        sys.executable, "-m", module, "--config", str(SMOKE),
+        "--set", f"run.output_dir={tmp / 'runs'}",
+        "--set", f"model.embedded.cache_dir={tmp / 'base'}",
+        *extra,
+    ]  # fmt: skip
+    environment = {**os.environ, **env} if env else None
+    result = subprocess.run(
+        command, cwd=REPO, input=stdin, capture_output=True, text=True, timeout=600, env=environment
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{module} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The smoke profile run through base, data, train and merge, once per session: (tmp, run folder)."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    for module in ("fine_tune.base", "data_prep", "fine_tune.train", "fine_tune.merge"):
+        run_stage(module, tmp)
+    return tmp, tmp / "runs" / "smoke"

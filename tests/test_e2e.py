@@ -4,38 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REPO, SMOKE
+from tests.conftest import REPO, run_stage
 
 pytestmark = pytest.mark.e2e
-
-
-def run_stage(
-    module: str, tmp: Path, *extra: str, check: bool = True, stdin: str | None = None
-) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable, "-m", module, "--config", str(SMOKE),
-        "--set", f"run.output_dir={tmp / 'runs'}",
-        "--set", f"model.embedded.cache_dir={tmp / 'base'}",
-        *extra,
-    ]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO, input=stdin, capture_output=True, text=True, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{module} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("e2e")
-    for module in ("fine_tune.base", "data_prep", "fine_tune.train", "fine_tune.merge"):
-        run_stage(module, tmp)
-    return tmp, tmp / "runs" / "smoke"
 
 
 def test_base_build_is_deterministic_and_loads_with_auto_classes(pipeline, smoke_base_dir):

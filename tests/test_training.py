@@ -16,8 +16,7 @@ import torch
 
 from core.prompts import render_completion, render_prompt
 from fine_tune.train import latest_complete_checkpoint
-from tests.conftest import REPO, SMOKE, smoke_config
-from tests.test_e2e import run_stage
+from tests.conftest import REPO, SMOKE, run_stage, smoke_config
 from tests.test_prompts import EXAMPLES, SYSTEM
 
 # Save and log on the same steps so that a resumed run logs exactly what an uninterrupted one does.
