@@ -72,6 +72,10 @@ class DataConfig(Section):
         "drop",
         description="examples longer than train.max_length tokens: drop them, or let training truncate",
     )
+    require_code_block: bool = Field(False, description="keep only answers with a fenced code block")
+    num_proc: int | None = Field(
+        None, ge=1, description="processes converting HTML and counting tokens; default: every core"
+    )
 
     @model_validator(mode="after")
     def _needs_a_source(self) -> DataConfig:

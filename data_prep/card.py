@@ -1,17 +1,99 @@
-"""The dataset card (README.md) written beside the curated dataset and pushed with it."""
+"""What curation did, for people: the dataset card (README.md, pushed with the data), the printed summary."""
 
 from __future__ import annotations
 
-import json
-
-from core.config import Config
-from data_prep.curate import CurationStats
+from core.config import Config, StackOverflowSource
+from data_prep.curate import DUPLICATE, TOO_LONG, CurationStats
+from data_prep.rows import EMPTY, NO_CODE_BLOCK
 
 STACKOVERFLOW_ATTRIBUTION = (
     "Stack Overflow content is licensed under CC-BY-SA 3.0 "
     "(https://creativecommons.org/licenses/by-sa/3.0/); questions and answers are by their Stack Overflow "
-    'authors, from the Kaggle dump "Python Questions from Stack Overflow".'
+    'authors, from the Kaggle dump "Python Questions from Stack Overflow". Each row\'s `source_id` is the '
+    "question's Stack Overflow Id (https://stackoverflow.com/q/<id>)."
 )
+
+
+def rule_descriptions(config: Config) -> dict[str, str]:
+    return {
+        EMPTY: "the question or the answer is empty once converted to Markdown",
+        NO_CODE_BLOCK: "the answer has no fenced code block with code in it (`data.require_code_block`)",
+        TOO_LONG: f"BOS + prompt + completion + EOS is over {config.train.max_length} tokens of the run's "
+        "tokenizer (`data.too_long: drop`)",
+        DUPLICATE: "the question's text, whitespace collapsed and case folded, was already kept",
+    }
+
+
+def _first(positions: list[int]) -> str:
+    return ", ".join(map(str, positions))
+
+
+def stackoverflow_reading(source: StackOverflowSource, read: dict) -> list[str]:
+    tags = ""
+    if source.include_tags or source.exclude_tags:
+        tags = f" (include {source.include_tags or 'any'}, exclude {source.exclude_tags or 'none'})"
+    malformed = "; ".join(
+        f"{name} {count} (first at lines {_first(read['malformed_first_lines'][name])})"
+        for name, count in read["malformed_rows"].items()
+    )
+    return [
+        f"{read['questions_read']} questions and {read['answers_read']} answers read; each question gets its "
+        "highest-scored answer (the lowest answer Id on a tie)",
+        f"question score below {source.min_question_score}: {read['low_score_questions']}; answer score "
+        f"below {source.min_answer_score}: {read['low_score_answers']}; excluded by tags{tags}: "
+        f"{read['excluded_by_tags']}",
+        f"questions without an answer: {read['unanswered_questions']}; answers whose question is missing: "
+        f"{read['orphan_answers']}",
+        f"malformed rows skipped: {malformed or 'none'}",
+    ]
+
+
+def alpaca_reading(read: dict) -> list[str]:
+    malformed = "none"
+    if read["malformed"]:
+        malformed = f"{read['malformed']} (first at positions {_first(read['malformed_positions'])})"
+    return [f"{read['records_read']} records read; malformed records skipped: {malformed}"]
+
+
+def reading(config: Config, stats: CurationStats) -> dict[str, list[str]]:
+    """What reading each source found, a few lines per source."""
+    lines = {}
+    for source, read in stats.read.items():
+        if source == "stackoverflow":
+            lines[source] = stackoverflow_reading(config.data.stackoverflow, read)
+        else:
+            lines[source] = alpaca_reading(read)
+    return lines
+
+
+def examples(stats: CurationStats) -> str:
+    return ", ".join(f"{source} {count}" for source, count in stats.examples.items())
+
+
+def kept(config: Config, stats: CurationStats) -> str:
+    limits = {"stackoverflow": config.data.stackoverflow, "alpaca": config.data.alpaca}
+    return ", ".join(
+        f"{source} {count}"
+        + (f" (a seeded sample, limit {limits[source].limit})" if limits[source].limit else "")
+        for source, count in stats.kept_by_source.items()
+    )
+
+
+def token_lengths(config: Config, stats: CurationStats) -> str:
+    lengths = stats.token_lengths
+    counted = f"all {lengths['of_rows']} kept rows"
+    if lengths["counted_rows"] < lengths["of_rows"]:
+        counted = f"a seeded sample of {lengths['counted_rows']} of the {lengths['of_rows']} kept rows"
+    over = ""
+    if lengths["over_max_length"]:
+        over = (
+            f"; {lengths['over_max_length']} of them over train.max_length {config.train.max_length}, "
+            "left to training to truncate"
+        )
+    return (
+        f"p50 {lengths['p50']}, p90 {lengths['p90']}, p99 {lengths['p99']}, max {lengths['max']} "
+        f"(BOS + prompt + completion + EOS, on {counted}){over}"
+    )
 
 
 def dataset_card(config: Config, stats: CurationStats) -> str:
@@ -20,26 +102,49 @@ def dataset_card(config: Config, stats: CurationStats) -> str:
     header = (
         f"---\n{license_line}task_categories:\n- text-generation\ntags:\n- sft\n- llama-2\n- python\n---\n"
     )
+    descriptions = rule_descriptions(config)
     lines = [
         header,
         f"# {config.run.name}: Llama-2 prompt/completion dataset\n",
         "Each row holds a `prompt` in the Llama-2 chat format (`[INST] <<SYS>> ... <</SYS>> ... [/INST]`, "
         "without the BOS, which the tokenizer adds) and a `completion` (the answer; the trainer appends "
-        "EOS), "
-        "plus provenance columns `source`, `source_id`, `question_score`, `answer_score` and `num_tokens`.\n",
+        "EOS), plus provenance columns `source`, `source_id` (the Stack Overflow question Id, or the "
+        "Alpaca record's position from 1), `question_score` and `answer_score` (Stack Overflow only).\n",
         f"System prompt: `{config.data.system_prompt}`\n",
         "## Splits\n",
-        f"- train: {stats.train_rows} rows\n- validation: {stats.validation_rows} rows\n",
+        f"- train: {stats.train_rows} rows\n- validation: {stats.validation_rows} rows (shuffled with seed "
+        f"{config.run.seed}; a question is one row, so no question is in both)\n",
         "## Sources\n",
-        *[f"- {name}: {count} rows kept" for name, count in stats.kept_by_source.items()],
+    ]
+    for source, source_lines in reading(config, stats).items():
+        lines += [f"### {source}\n", *[f"- {line}" for line in source_lines], ""]
+    lines += [
+        f"Examples: {examples(stats)}; kept: {kept(config, stats)}.\n",
+        "## Rules, in order, and the rows each removed\n",
+        *[f"- {rule}: {stats.dropped[rule]} ({descriptions[rule]})" for rule in stats.rules],
         "",
-        "## Rules and what they removed\n",
-        *[f"- {rule}: {count}" for rule, count in stats.dropped.items()],
-        "",
-        "## Reading statistics\n",
-        "```json\n" + json.dumps(stats.read, indent=2) + "\n```\n",
-        f"Token lengths (BOS + prompt + completion + EOS): {stats.token_lengths}\n",
+        f"Token lengths: {token_lengths(config, stats)}.\n",
     ]
     if "stackoverflow" in sources:
         lines += ["## Attribution\n", STACKOVERFLOW_ATTRIBUTION + "\n"]
     return "\n".join(lines)
+
+
+def summary(config: Config, stats: CurationStats, where: str) -> str:
+    """What `make data` prints: one labelled line or block per step, not the JSON."""
+    blocks = [(source, source_lines) for source, source_lines in reading(config, stats).items()]
+    blocks += [
+        ("examples", [examples(stats)]),
+        ("rules", [f"{rule}: {stats.dropped[rule]} removed" for rule in stats.rules]),
+        ("kept", [kept(config, stats)]),
+        ("split", [f"train {stats.train_rows}, validation {stats.validation_rows} (seed {config.run.seed})"]),
+        ("tokens", [token_lengths(config, stats)]),
+        *[("warning", [warning]) for warning in stats.warnings],
+        ("written", [where]),
+    ]
+    width = max(len(label) for label, _ in blocks) + 2
+    return "\n".join(
+        f"{label if index == 0 else '':<{width}}{line}"
+        for label, lines in blocks
+        for index, line in enumerate(lines)
+    )

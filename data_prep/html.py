@@ -4,49 +4,56 @@ from __future__ import annotations
 
 import re
 
-import lxml.html
 from lxml import etree
 
 BLOCK_TAGS = {"p", "div", "pre", "ul", "ol", "blockquote", "hr", "table", "h1", "h2", "h3", "h4", "h5", "h6"}
 LINE_BREAK = "\ue000"  # stands for <br> while inline whitespace is collapsed
 _WHITESPACE = re.compile(r"\s+")
+# Plain elements (no lxml.html element classes to look up): about twice as fast; comments dropped.
+_PARSER = etree.HTMLParser(remove_comments=True, remove_pis=True)
 
 
 def html_to_markdown(html: str) -> str:
     """Convert a post body. `<pre><code>` becomes a fenced block with its text exactly as written
     (entities decoded, indentation and blank lines kept); inline markup becomes its Markdown form."""
-    if not html or not html.strip():
+    if not html or html.isspace():
         return ""
-    root = lxml.html.fragment_fromstring(html, create_parent="div")
+    root = etree.fromstring(f"<div>{html}</div>", _PARSER)[0][0]  # html > body > div
     return "\n\n".join(_blocks(root)).strip()
 
 
 def _blocks(element: etree._Element) -> list[str]:
     """The element's children as a list of Markdown blocks; runs of inline content form paragraphs."""
     blocks: list[str] = []
-    inline: list[str] = [element.text or ""]
-
-    def flush() -> None:
-        text = _tidy_inline("".join(inline))
-        inline.clear()
-        if text:
-            blocks.append(text)
-
+    inline: list[str] = [element.text] if element.text else []
     for child in element:
-        if isinstance(child.tag, str) and child.tag in BLOCK_TAGS:
-            flush()
+        if child.tag in BLOCK_TAGS:
+            if inline:
+                _add_paragraph(blocks, inline)
+                inline = []
             blocks.extend(_block(child))
         else:
             inline.append(_inline(child))
-        inline.append(child.tail or "")
-    flush()
+        if child.tail:
+            inline.append(child.tail)
+    if inline:
+        _add_paragraph(blocks, inline)
     return blocks
+
+
+def _add_paragraph(blocks: list[str], inline: list[str]) -> None:
+    text = _tidy_inline("".join(inline))
+    if text:
+        blocks.append(text)
 
 
 def _block(element: etree._Element) -> list[str]:
     tag = element.tag
+    if tag == "p" and not len(element):  # most blocks: a paragraph of plain text
+        text = _tidy_inline(element.text or "")
+        return [text] if text else []
     if tag == "pre":
-        return [_fenced(element.text_content())]
+        return [_fenced(_text(element))]
     if tag == "hr":
         return ["---"]
     if tag in {"h1", "h2", "h3", "h4", "h5", "h6"}:
@@ -75,24 +82,24 @@ def _list(element: etree._Element) -> str:
 
 def _fenced(code: str) -> str:
     code = code.removesuffix("\n")
-    longest = max((len(run) for run in re.findall(r"`+", code)), default=0)
+    longest = max((len(run) for run in re.findall(r"`+", code)), default=0) if "`" in code else 0
     fence = "`" * max(3, longest + 1)
     return f"{fence}\n{code}\n{fence}"
 
 
 def _inline(element: etree._Element) -> str:
     tag = element.tag
-    if not isinstance(tag, str):  # comments and processing instructions
-        return ""
+    if tag == "code":
+        code = _WHITESPACE.sub(" ", _text(element))
+        if not code.strip():
+            return ""
+        return f"`` {code} ``" if "`" in code else f"`{code}`"
     if tag == "br":
         return LINE_BREAK
     if tag == "img":
         return element.get("alt") or ""
-    if tag == "code":
-        code = _WHITESPACE.sub(" ", element.text_content())
-        fence = "``" if "`" in code else "`"
-        padding = " " if fence == "``" else ""
-        return f"{fence}{padding}{code}{padding}{fence}" if code.strip() else ""
+    if not isinstance(tag, str):  # comments and processing instructions
+        return ""
     text = _inline_children(element)
     if tag in {"strong", "b"}:
         return f"**{text.strip()}**" if text.strip() else ""
@@ -105,11 +112,18 @@ def _inline(element: etree._Element) -> str:
     return text
 
 
+def _text(element: etree._Element) -> str:
+    return "".join(element.itertext()) if len(element) else element.text or ""
+
+
 def _inline_children(element: etree._Element) -> str:
+    if not len(element):
+        return element.text or ""
     return (element.text or "") + "".join(_inline(child) + (child.tail or "") for child in element)
 
 
 def _tidy_inline(text: str) -> str:
-    text = _WHITESPACE.sub(" ", text)
-    lines = (line.strip() for line in text.split(LINE_BREAK))
-    return "\n".join(lines).strip()
+    """Whitespace runs become one space (str.split: the whitespace of `\\s`, faster); `<br>` a newline."""
+    if LINE_BREAK not in text:
+        return " ".join(text.split())
+    return "\n".join(" ".join(line.split()) for line in text.split(LINE_BREAK)).strip()

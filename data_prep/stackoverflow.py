@@ -10,7 +10,8 @@ import codecs
 import csv
 import html
 import sys
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,63 +104,79 @@ def _integer(value: str) -> int | None:
         return None
 
 
-def read_tags(path: Path, encoding: str, stats: ReadStats) -> dict[int, set[str]]:
-    tags: dict[int, set[str]] = {}
-    for _, row in read_rows(path, TAG_COLUMNS, encoding, stats):
-        question_id = _integer(row["Id"])
-        if question_id is not None:
-            tags.setdefault(question_id, set()).add(row["Tag"].strip().lower())
-    return tags
-
-
-def read_pairs(source: StackOverflowSource, stats: ReadStats) -> list[Pair]:
-    """Questions joined with their best answer, both above the minimum scores, in question Id order."""
-    tags = read_tags(source.tags, source.encoding, stats) if source.tags else {}
-    if (source.include_tags or source.exclude_tags) and not source.tags:
+def tag_filter(source: StackOverflowSource, stats: ReadStats) -> Callable[[int], bool]:
+    """Whether a question's tags pass `include_tags` and `exclude_tags`; Tags.csv is read only for them."""
+    include, exclude = {t.lower() for t in source.include_tags}, {t.lower() for t in source.exclude_tags}
+    if not include and not exclude:
+        return lambda question_id: True
+    if source.tags is None:
         raise UserError(
             "data.stackoverflow.include_tags/exclude_tags need data.stackoverflow.tags (Tags.csv)"
         )
-    include, exclude = set(source.include_tags), set(source.exclude_tags)
+    included: set[int] = set()
+    excluded: set[int] = set()
+    for _, row in read_rows(source.tags, TAG_COLUMNS, source.encoding, stats):
+        question_id, tag = _integer(row["Id"]), row["Tag"].strip().lower()
+        if question_id is not None and tag in include:
+            included.add(question_id)
+        if question_id is not None and tag in exclude:
+            excluded.add(question_id)
+    return lambda question_id: (not include or question_id in included) and question_id not in excluded
 
-    seen_questions: set[int] = set()
-    questions: dict[int, tuple[str, str, int]] = {}
-    for line, row in read_rows(source.questions, QUESTION_COLUMNS, source.encoding, stats):
-        question_id, score = _integer(row["Id"]), _integer(row["Score"])
-        if question_id is None or score is None:
-            _count_malformed(stats, source.questions, line)
-            continue
-        stats.questions_read += 1
-        seen_questions.add(question_id)
-        question_tags = tags.get(question_id, set())
-        if (include and not include & question_tags) or exclude & question_tags:
-            stats.excluded_by_tags += 1
-            continue
-        if score < source.min_question_score:
-            stats.low_score_questions += 1
-            continue
-        questions[question_id] = (html.unescape(row["Title"]).strip(), row["Body"], score)
 
-    best: dict[int, tuple[int, int, str]] = {}  # question id -> (answer score, answer id, body)
+def read_pairs(source: StackOverflowSource, stats: ReadStats) -> Iterator[Pair]:
+    """Questions joined with their best answer, both at or above the minimum scores, in Questions.csv order.
+
+    Answers.csv is read now, keeping only each question's best answer so far (the only bodies held in
+    memory); the iterator returned then streams Questions.csv and joins, so that the slow part of curation
+    can start while this function's caller does something else. Each file is read once.
+    """
+    for path, columns in ((source.questions, QUESTION_COLUMNS), (source.answers, ANSWER_COLUMNS)):
+        next(
+            read_rows(path, columns, source.encoding, ReadStats()), None
+        )  # a missing file or column fails now
+    keep_tags = tag_filter(source, stats)
+    best: dict[int, tuple[int, int, str]] = {}  # question id -> (score, answer id, body) of its best answer
+    answer_counts: Counter[int] = Counter()  # question id -> its answers, to count those with no question
     for line, row in read_rows(source.answers, ANSWER_COLUMNS, source.encoding, stats):
         answer_id, parent_id, score = _integer(row["Id"]), _integer(row["ParentId"]), _integer(row["Score"])
         if answer_id is None or parent_id is None or score is None:
             _count_malformed(stats, source.answers, line)
             continue
         stats.answers_read += 1
-        if parent_id not in questions:
-            stats.orphan_answers += parent_id not in seen_questions
-            continue
+        answer_counts[parent_id] += 1
         if score < source.min_answer_score:
             stats.low_score_answers += 1
             continue
         current = best.get(parent_id)
         if current is None or (score, -answer_id) > (current[0], -current[1]):
             best[parent_id] = (score, answer_id, row["Body"])
+    return _join_questions(source, best, answer_counts, keep_tags, stats)
 
-    stats.unanswered_questions = len(questions) - len(best)
-    pairs = []
-    for question_id in sorted(best):
-        title, body, question_score = questions[question_id]
-        answer_score, answer_id, answer_body = best[question_id]
-        pairs.append(Pair(question_id, title, body, question_score, answer_id, answer_body, answer_score))
-    return pairs
+
+def _join_questions(
+    source: StackOverflowSource,
+    best: dict[int, tuple[int, int, str]],
+    answer_counts: Counter[int],
+    keep_tags: Callable[[int], bool],
+    stats: ReadStats,
+) -> Iterator[Pair]:
+    for line, row in read_rows(source.questions, QUESTION_COLUMNS, source.encoding, stats):
+        question_id, score = _integer(row["Id"]), _integer(row["Score"])
+        if question_id is None or score is None:
+            _count_malformed(stats, source.questions, line)
+            continue
+        stats.questions_read += 1
+        answer_counts.pop(question_id, None)
+        chosen = best.pop(question_id, None)
+        if not keep_tags(question_id):
+            stats.excluded_by_tags += 1
+        elif score < source.min_question_score:
+            stats.low_score_questions += 1
+        elif chosen is None:
+            stats.unanswered_questions += 1
+        else:
+            answer_score, answer_id, answer_body = chosen
+            title = html.unescape(row["Title"]).strip()
+            yield Pair(question_id, title, row["Body"], score, answer_id, answer_body, answer_score)
+    stats.orphan_answers = sum(answer_counts.values())

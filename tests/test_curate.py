@@ -1,14 +1,18 @@
-"""Curation rules on small hand-made sources, with the real tokenizer of the smoke base."""
+"""Curation rules, sampling and splitting on small hand-made sources, with the smoke base's real tokenizer."""
 
 import json
+from itertools import count
 
 import pytest
+from datasets import load_from_disk
 
 from core.errors import UserError
-from core.prompts import render_completion, render_prompt
-from data_prep.curate import curate, normalized_question
+from data_prep.curate import DUPLICATE, TOO_LONG, curate
+from data_prep.rows import EMPTY, NO_CODE_BLOCK, TokenCounter, normalized_question
 from tests.conftest import smoke_config
 from tests.test_stackoverflow import ANSWER_HEADER, QUESTION_HEADER, answer, question, write_csv
+
+RUNS = count()
 
 
 def make_config(tmp_path, questions, answers, alpaca_records, *overrides):
@@ -24,68 +28,156 @@ def make_config(tmp_path, questions, answers, alpaca_records, *overrides):
         f"data.alpaca.path={tmp_path / 'alpaca.json'}",
         "data.alpaca.limit=null",
         "data.validation_size=2",
+        "data.num_proc=1",
         *overrides,
     )
+
+
+def run_curation(config, tokenizer, tmp_path):
+    """(train rows, validation rows, stats, the dataset folder) of one curation into a fresh folder."""
+    folder = tmp_path / f"curated-{next(RUNS)}"
+    folder.mkdir()
+    stats = curate(config, TokenCounter(tokenizer), folder)
+    dataset = load_from_disk(str(folder / "data"))
+    assert sorted(path.name for path in folder.iterdir()) == ["data"]  # the scratch rows file is gone
+    return dataset["train"].to_list(), dataset["validation"].to_list(), stats, folder / "data"
 
 
 def records(count):
     return [{"instruction": f"Task {i}", "input": "", "output": f"Answer {i}"} for i in range(count)]
 
 
-def questions_and_answers(count):
+def questions_and_answers(count, answer_body="<pre><code>print({i})\n</code></pre>"):
     qs = [
         question(i, title=f"Question {i}", body=f"<p>Body <code>{i}</code></p>") for i in range(1, count + 1)
     ]
-    return qs, [answer(100 + i, i, body=f"<pre><code>print({i})\n</code></pre>") for i in range(1, count + 1)]
+    return qs, [answer(100 + i, i, body=answer_body.format(i=i)) for i in range(1, count + 1)]
 
 
-def test_rows_are_rendered_by_the_prompt_function_with_the_configured_system_prompt(
-    tmp_path, smoke_tokenizer
-):
+def test_rows_carry_the_rendered_example_and_its_provenance(tmp_path, smoke_tokenizer):
     qs, ans = questions_and_answers(1)
     config = make_config(tmp_path, qs, ans, records(9), "data.system_prompt=Be exact.")
-    train, validation, _ = curate(config, smoke_tokenizer)
+    train, validation, _, _ = run_curation(config, smoke_tokenizer, tmp_path)
     (row,) = [r for r in train + validation if r["source"] == "stackoverflow"]
-    assert row["prompt"] == render_prompt("Question 1\n\nBody `1`", "Be exact.")
-    assert row["completion"] == render_completion("```\nprint(1)\n```")
-    assert (row["source_id"], row["question_score"], row["answer_score"]) == ("1", 1, 1)
-    assert row["num_tokens"] == len(smoke_tokenizer(row["prompt"] + row["completion"])["input_ids"]) + 1
+    assert row == {
+        "prompt": "[INST] <<SYS>>\nBe exact.\n<</SYS>>\n\nQuestion 1\n\nBody `1` [/INST]",
+        "completion": " ```\nprint(1)\n```",
+        "source": "stackoverflow",
+        "source_id": "1",
+        "question_score": 1,
+        "answer_score": 1,
+    }
+    alpaca_ids = sorted(int(r["source_id"]) for r in train + validation if r["source"] == "alpaca")
+    assert alpaca_ids == list(range(1, 10))  # positions in the file, from 1
 
 
-def test_same_seed_same_split_and_no_overlap(tmp_path, smoke_tokenizer):
+def test_same_seed_same_bytes_other_seed_other_split(tmp_path, smoke_tokenizer):
     qs, ans = questions_and_answers(10)
     config = make_config(tmp_path, qs, ans, records(10))
-    first, second = curate(config, smoke_tokenizer), curate(config, smoke_tokenizer)
-    assert first[:2] == second[:2]
-    train_prompts = {r["prompt"] for r in first[0]}
-    assert len(first[1]) == 2
-    assert not train_prompts & {r["prompt"] for r in first[1]}
+    first, second = (
+        run_curation(config, smoke_tokenizer, tmp_path),
+        run_curation(config, smoke_tokenizer, tmp_path),
+    )
+    for split in ("train", "validation"):
+        (one,), (two,) = (first[3] / split).glob("*.arrow"), (second[3] / split).glob("*.arrow")
+        assert one.read_bytes() == two.read_bytes()
     other_seed = make_config(tmp_path, qs, ans, records(10), "run.seed=99")
-    assert curate(other_seed, smoke_tokenizer)[1] != first[1]
+    assert run_curation(other_seed, smoke_tokenizer, tmp_path)[1] != first[1]
+
+
+def test_worker_processes_give_the_same_bytes_as_one_process(tmp_path, smoke_tokenizer):
+    qs, ans = questions_and_answers(300)
+    config = make_config(tmp_path, qs, ans, records(40), "data.validation_size=20")
+    alone = run_curation(config, smoke_tokenizer, tmp_path)
+    pooled = run_curation(config.model_copy(update={"data": config.data.model_copy(update={"num_proc": 2})}),
+                          smoke_tokenizer, tmp_path)  # fmt: skip
+    assert alone[2] == pooled[2]
+    for split in ("train", "validation"):
+        (one,), (two,) = (alone[3] / split).glob("*.arrow"), (pooled[3] / split).glob("*.arrow")
+        assert one.read_bytes() == two.read_bytes()
+
+
+def test_no_question_is_in_both_splits_even_when_it_was_asked_twice(tmp_path, smoke_tokenizer):
+    qs, ans = questions_and_answers(30)
+    reposts = [
+        question(200 + i, title=f"question {i}", body=f"<p>Body  <code>{i}</code></p>") for i in range(1, 31)
+    ]
+    reposted_answers = [
+        answer(300 + i, 200 + i, body="<pre><code>other()\n</code></pre>") for i in range(1, 31)
+    ]
+    config = make_config(
+        tmp_path, qs + reposts, ans + reposted_answers, records(10), "data.validation_size=8"
+    )
+    train, validation, stats, _ = run_curation(config, smoke_tokenizer, tmp_path)
+    assert stats.dropped[DUPLICATE] == 30
+    assert {r["source_id"] for r in train + validation if r["source"] == "stackoverflow"} == {
+        str(i) for i in range(1, 31)
+    }  # the first of each question is kept
+    questions_of = [{normalized_question(r["prompt"]) for r in rows} for rows in (train, validation)]
+    assert len(validation) == 8 and not questions_of[0] & questions_of[1]
 
 
 def test_duplicate_questions_are_removed_after_normalisation(tmp_path, smoke_tokenizer):
     qs, ans = questions_and_answers(3)
     config = make_config(tmp_path, qs, ans, [*records(8), {"instruction": "  task   0 ", "output": "dup"}])
-    train, validation, stats = curate(config, smoke_tokenizer)
-    assert stats.dropped["duplicate question"] == 1
+    train, validation, stats, _ = run_curation(config, smoke_tokenizer, tmp_path)
+    assert stats.dropped == {EMPTY: 0, TOO_LONG: 0, DUPLICATE: 1}
     assert len(train) + len(validation) == 11
-    assert normalized_question(" A\n b ") == normalized_question("a B")
+
+
+def test_empty_questions_and_answers_are_dropped_and_counted(tmp_path, smoke_tokenizer):
+    qs, ans = questions_and_answers(4)
+    ans[0][-1] = "<p> </p>"  # converts to nothing
+    ans[1][-1] = '<p><img src="x.png"></p>'  # an image without alt text: nothing
+    config = make_config(tmp_path, qs, ans, [*records(8), {"instruction": " ", "output": "x"}])
+    train, validation, stats, _ = run_curation(config, smoke_tokenizer, tmp_path)
+    assert stats.dropped[EMPTY] == 3
+    assert all(r["prompt"] and r["completion"].strip() for r in train + validation)
+
+
+def test_the_code_block_rule_keeps_only_answers_with_a_fenced_block(tmp_path, smoke_tokenizer):
+    qs, ans = questions_and_answers(6)
+    for index in (0, 1, 2):
+        ans[index][-1] = f"<p>Use <code>for</code> and <code>if ({index})</code>, it works.</p>"
+    config = make_config(tmp_path, qs, ans, records(10), "data.require_code_block=true")
+    train, validation, stats, _ = run_curation(config, smoke_tokenizer, tmp_path)
+    assert stats.rules == [EMPTY, NO_CODE_BLOCK, TOO_LONG, DUPLICATE]
+    assert stats.dropped[NO_CODE_BLOCK] == 13  # three prose answers and the ten Alpaca answers
+    assert sorted(r["source_id"] for r in train + validation) == ["4", "5", "6"]
+    off = make_config(tmp_path, qs, ans, records(10))
+    assert NO_CODE_BLOCK not in run_curation(off, smoke_tokenizer, tmp_path)[2].dropped
 
 
 def test_examples_longer_than_max_length_are_dropped_and_counted(tmp_path, smoke_tokenizer):
     qs, ans = questions_and_answers(2)
     long_record = {"instruction": "Long", "output": "word " * 400}
     config = make_config(tmp_path, qs, ans, [*records(10), long_record], "train.max_length=128")
-    train, validation, stats = curate(config, smoke_tokenizer)
-    assert stats.dropped["longer than train.max_length"] == 1
-    assert all(row["num_tokens"] <= 128 for row in train + validation)
+    train, validation, stats, _ = run_curation(config, smoke_tokenizer, tmp_path)
+    assert stats.dropped[TOO_LONG] == 1
+    lengths = [
+        len(smoke_tokenizer(r["prompt"] + r["completion"])["input_ids"]) + 1 for r in train + validation
+    ]
+    assert max(lengths) <= 128
+    assert stats.token_lengths["max"] == max(lengths)
+    assert stats.token_lengths["counted_rows"] == stats.token_lengths["of_rows"] == 12
+
+
+def test_too_long_truncate_keeps_them_and_counts_a_sample(tmp_path, smoke_tokenizer):
+    qs, ans = questions_and_answers(2)
+    long_record = {"instruction": "Long", "output": "word " * 400}
+    config = make_config(
+        tmp_path, qs, ans, [*records(10), long_record], "train.max_length=128", "data.too_long=truncate"
+    )
+    train, validation, stats, _ = run_curation(config, smoke_tokenizer, tmp_path)
+    assert TOO_LONG not in stats.dropped and len(train) + len(validation) == 13
+    assert stats.token_lengths["over_max_length"] == 1
+    assert stats.token_lengths["max"] > 128
 
 
 def test_validation_size_is_clamped_with_a_warning(tmp_path, smoke_tokenizer):
     qs, ans = questions_and_answers(2)
     config = make_config(tmp_path, qs, ans, records(8), "data.validation_size=50")
-    train, validation, stats = curate(config, smoke_tokenizer)
+    train, validation, stats, _ = run_curation(config, smoke_tokenizer, tmp_path)
     assert (len(train), len(validation)) == (8, 2)
     assert "data.validation_size 50" in stats.warnings[0]
 
@@ -93,7 +185,7 @@ def test_validation_size_is_clamped_with_a_warning(tmp_path, smoke_tokenizer):
 def test_per_source_limit_is_a_seeded_sample(tmp_path, smoke_tokenizer):
     qs, ans = questions_and_answers(20)
     config = make_config(tmp_path, qs, ans, records(5), "data.stackoverflow.limit=6")
-    train, validation, stats = curate(config, smoke_tokenizer)
+    train, validation, stats, _ = run_curation(config, smoke_tokenizer, tmp_path)
     ids = sorted(int(r["source_id"]) for r in train + validation if r["source"] == "stackoverflow")
     assert len(ids) == 6 and ids != list(range(1, 7))
     assert stats.kept_by_source == {"stackoverflow": 6, "alpaca": 5}
@@ -103,11 +195,11 @@ def test_an_empty_result_names_the_rule_that_removed_everything(tmp_path, smoke_
     qs, ans = questions_and_answers(3)
     config = make_config(tmp_path, qs, ans, records(3), "train.max_length=16")
     with pytest.raises(UserError, match="rule 'longer than train.max_length' removed all 6"):
-        curate(config, smoke_tokenizer)
+        run_curation(config, smoke_tokenizer, tmp_path)
 
 
 def test_a_source_with_nothing_usable_is_an_error(tmp_path, smoke_tokenizer):
     qs, _ = questions_and_answers(3)
     config = make_config(tmp_path, qs, [], records(3))
     with pytest.raises(UserError, match="stackoverflow source gave no usable examples"):
-        curate(config, smoke_tokenizer)
+        run_curation(config, smoke_tokenizer, tmp_path)

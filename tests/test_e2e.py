@@ -39,6 +39,13 @@ def test_dataset_artifacts(pipeline):
     stats = json.loads((run / "dataset" / "stats.json").read_text())
     assert stats["train_rows"] == len(dataset["train"])
     assert stats["kept_by_source"] == {"stackoverflow": 40, "alpaca": 20}
+    assert set(stats["dropped"]) == {
+        "empty question or answer",
+        "longer than train.max_length",
+        "duplicate question",
+    }
+    assert stats["token_lengths"]["p50"] <= stats["token_lengths"]["max"] <= 512
+    assert sorted(path.name for path in (run / "dataset").iterdir()) == ["README.md", "data", "stats.json"]
     card = (run / "dataset" / "README.md").read_text()
     assert "CC-BY-SA 3.0" in card
     assert all(row["prompt"].startswith("[INST] <<SYS>>\n") for row in dataset["train"])
@@ -169,6 +176,11 @@ def test_compare_reports_both_models(pipeline):
     [
         ("fine_tune.train", ["--set", "train.max_stepz=3"], "train.max_stepz: unknown field"),
         ("data_prep", ["--set", "data.alpaca.path=missing.json"], "Alpaca file not found: missing.json"),
+        (
+            "data_prep",
+            ["--set", "run.name=nothing-here", "--set", "train.max_length=16"],
+            "rule 'longer than train.max_length' removed all",
+        ),
         ("fine_tune.train", ["--set", "run.name=nothing-here"], "curated dataset not found"),
         ("fine_tune.merge", ["--set", "run.name=nothing-here"], "trained adapter not found"),
         ("inference", ["--model", "no/such-model", "--prompt", "hi"], "cannot reach model no/such-model"),

@@ -162,3 +162,28 @@ def test_tag_filters(tmp_path):
     stats = ReadStats()
     assert [p.question_id for p in read_pairs(excluded, stats)] == [2, 3]
     assert stats.excluded_by_tags == 1
+
+
+def test_na_signed_scores_and_malformed_answers(tmp_path):
+    src = source(
+        tmp_path,
+        [question(1, score=-3), question(2, score="NA"), question(3)],
+        [answer(10, 1, score=-2), ["oops", 7, "d", 3, 1, "b"], answer(30, 3, score="NA"), answer(31, 3)],
+        min_question_score=-5,
+        min_answer_score=-5,
+    )
+    stats = ReadStats()
+    pairs = read_pairs(src, stats)
+    assert [(p.question_id, p.question_score, p.answer_id, p.answer_score) for p in pairs] == [
+        (1, -3, 10, -2),
+        (3, 1, 31, 1),
+    ]
+    assert stats.malformed_rows == {"Answers.csv": 2, "Questions.csv": 1}
+    assert stats.malformed_first_lines == {"Answers.csv": [3, 4], "Questions.csv": [3]}
+
+
+def test_a_missing_questions_column_fails_before_the_answers_are_read(tmp_path):
+    src = source(tmp_path, [question(1)], [answer(5, 1)])
+    write_csv(tmp_path / "Questions.csv", ["Id", "Score", "Body"], [[1, 1, "b"]])
+    with pytest.raises(UserError, match=r"Questions.csv: missing column Title"):
+        read_pairs(src, ReadStats())

@@ -1,0 +1,104 @@
+"""The one-row transforms the curation workers run: conversion, the one-row rules, keys, token counts."""
+
+import pickle
+
+from core.prompts import render_completion, render_prompt
+from data_prep.rows import (
+    EMPTY,
+    NO_CODE_BLOCK,
+    Example,
+    RowSettings,
+    TokenCounter,
+    failed_rule,
+    has_code_block,
+    load_token_counter,
+    normalized_question,
+    prepare_batch,
+    question_key,
+    user_and_answer,
+)
+from tests.conftest import smoke_config
+
+SETTINGS = RowSettings(system_prompt="Be exact.", require_code_block=False, count_tokens=True)
+
+
+def test_a_real_fenced_block_counts_as_code():
+    assert has_code_block("Try this:\n\n```\nfor x in y:\n    print(x)\n```")
+    assert has_code_block("```python\nx = 1\n```")
+    assert has_code_block("- step\n\n  ```\n  pip install x\n  ```")  # inside a list item
+    assert has_code_block("~~~\nx = 1\n~~~")
+    assert has_code_block("````\ns = '```'\n````")  # a longer fence around backticks
+
+
+def test_code_words_inline_code_and_broken_fences_do_not_count():
+    assert not has_code_block("for each item, if it is (odd) print it")  # the seed's substring test said yes
+    assert not has_code_block("Use `for x in y:` here, or ```inline``` text.")
+    assert not has_code_block("```\nnever closed")
+    assert not has_code_block("```\n   \n```")  # a fence around nothing
+    assert not has_code_block("````\nx = 1\n```")  # a closing fence shorter than the opening one
+
+
+def test_normalized_question_collapses_whitespace_and_case():
+    assert normalized_question("  How do I\n\tSORT a   list? ") == "how do i sort a list?"
+    assert question_key("How do I sort?") == question_key("how  do i\nSORT?")
+    assert question_key("How do I sort?") != question_key("How do I sort!")
+    assert len(question_key("x")) == 16
+
+
+def test_stackoverflow_user_message_is_title_blank_line_converted_body():
+    example = Example(
+        "stackoverflow", "7", "<p>Why <code>x &lt; y</code>?</p>", "<p>Because.</p>", "T &", True
+    )
+    assert user_and_answer(example) == ("T &\n\nWhy `x < y`?", "Because.")
+
+
+def test_alpaca_text_is_kept_as_written_but_trimmed():
+    example = Example("alpaca", "3", "  Fix <b>this</b>\n\nx = [1  ", " Done. ")
+    assert user_and_answer(example) == ("Fix <b>this</b>\n\nx = [1", "Done.")
+
+
+def test_one_row_rules_in_order():
+    code = RowSettings(None, require_code_block=True, count_tokens=False)
+    assert failed_rule("", "answer", SETTINGS) == EMPTY
+    assert failed_rule("question", "", code) == EMPTY
+    assert failed_rule("question", "no code here", code) == NO_CODE_BLOCK
+    assert failed_rule("question", "no code here", SETTINGS) is None
+    assert failed_rule("question", "```\nx = 1\n```", code) is None
+
+
+def test_prepared_rows_are_rendered_by_the_prompt_function_and_counted(smoke_tokenizer):
+    examples = [
+        Example(
+            "stackoverflow", "1", "<p>Body</p>", "<pre><code>print(1)\n</code></pre>", "Title", True, 5, 3
+        ),
+        Example("alpaca", "2", "Task", ""),
+    ]
+    batch = prepare_batch(examples, SETTINGS, TokenCounter(smoke_tokenizer))
+    first, second = batch.rows.to_pylist()
+    assert first == {
+        "prompt": render_prompt("Title\n\nBody", "Be exact."),
+        "completion": render_completion("```\nprint(1)\n```"),
+        "source": "stackoverflow",
+        "source_id": "1",
+        "question_score": 5,
+        "answer_score": 3,
+    }
+    assert (second["source"], second["question_score"]) == ("alpaca", None)
+    assert batch.failed_rules == [None, EMPTY]
+    expected = len(smoke_tokenizer(first["prompt"] + first["completion"])["input_ids"]) + 1  # + EOS
+    assert batch.num_tokens == [expected, None]  # a row that broke a rule is not counted
+
+
+def test_token_counter_matches_the_tokenizer_and_survives_pickling(smoke_tokenizer):
+    texts = ["[INST] héllo wörld [/INST] ```\n    x = 1\n```", "", "🙂 " * 50]
+    expected = [len(ids) + 1 for ids in smoke_tokenizer(texts)["input_ids"]]
+    counter = TokenCounter(smoke_tokenizer)
+    assert counter(texts) == expected
+    assert pickle.loads(pickle.dumps(counter))(texts) == expected
+
+
+def test_the_embedded_base_tokenizer_loads_as_auto_tokenizer_loads_it(smoke_base_dir, smoke_tokenizer):
+    config = smoke_config(smoke_base_dir.parent.parent)  # the config the session base was built from
+    texts = ["def f(x):\n        return x  # ünïcode", "[INST] <<SYS>>\nBe exact.\n<</SYS>>\n\nhi [/INST] ok"]
+    assert load_token_counter(config)(texts) == TokenCounter(smoke_tokenizer)(texts)
+    assert pickle.dumps(load_token_counter(config)) == pickle.dumps(TokenCounter(smoke_tokenizer))
