@@ -1,13 +1,15 @@
 """Curation: the configured sources to Llama-2 prompt/completion rows, filtered, deduplicated and split.
 
-The sources stream through in batches. Worker processes (`data.num_proc`, default every core) convert
-the HTML, render the prompt, check the one-row rules and count tokens (data_prep/rows.py); this process
-applies the rules in order and appends the rows it keeps to an Arrow file, holding on to nothing but
-their sources, token counts and question digests. Then each source is sampled down to its limit, the
-rows are shuffled with the run's seed, and the first `data.validation_size` become the validation split.
-
-No question is in both splits: a question is one row (its best answer), and repeats of a question are
-dropped before the split, so each question's row lands in exactly one of them.
+1. The sources stream through in batches. Worker processes (`data.num_proc`, default every core) convert
+   the HTML, render the prompt and check the one-row rules (data_prep/rows.py); this process drops the
+   rows they fail and the repeats of a question already kept, and appends the rest to an Arrow file,
+   holding on to nothing but each row's source and question digest.
+2. Each source's rows are put in an order drawn from the run's seed. With the length rule, the workers
+   count their tokens in that order and rows are kept while they fit, up to the source's limit, so that
+   a limit of 20,000 counts about 20,000 rows, not every row; without it, the first `limit` are kept.
+3. The kept rows are shuffled with the same seed and the first `data.validation_size` become the
+   validation split. A question is one row (its best answer), and repeats of a question were dropped
+   in step 1, so no question is in both splits.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 import random
-from bisect import bisect_left
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from itertools import chain, islice
+from itertools import accumulate, chain, islice
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,8 @@ from data_prep.rows import (
 TOO_LONG = "longer than train.max_length"
 DUPLICATE = "duplicate question"
 BATCH_SIZE = 256
-TOKEN_SAMPLE = 2000  # rows whose tokens are counted for the statistics when no rule needs every count
+COUNT_CHUNK = 4096  # rows counted per round while filling a source's limit
+TOKEN_SAMPLE = 2000  # rows whose tokens are counted for the statistics when the length rule is off
 
 
 @dataclass
@@ -63,9 +66,10 @@ def active_rules(config: Config) -> list[str]:
     rules = [EMPTY]
     if config.data.require_code_block:
         rules.append(NO_CODE_BLOCK)
+    rules.append(DUPLICATE)
     if config.data.too_long == "drop":
         rules.append(TOO_LONG)
-    return [*rules, DUPLICATE]
+    return rules
 
 
 def source_examples(config: Config, stats: CurationStats) -> Iterator[Example]:
@@ -121,7 +125,7 @@ def _start_worker(settings: RowSettings, count_tokens: TokenCounter) -> None:
 
 
 def _prepare(batch: list[Example]) -> PreparedBatch:
-    return prepare_batch(batch, _settings, _count_tokens)
+    return prepare_batch(batch, _settings)
 
 
 def _count(texts: list[str]) -> list[int]:
@@ -142,36 +146,83 @@ def workers(settings: RowSettings, count_tokens: TokenCounter, num_proc: int) ->
         yield pool.imap
 
 
-def filter_rows(
-    config: Config, imap: Callable, rows_file: Path, stats: CurationStats
-) -> tuple[list[str], list[int]]:
-    """Stream every example through the rules into `rows_file`. Returns the kept rows' sources and
-    their token counts (None where no rule needed them)."""
-    drop_long = TOO_LONG in stats.rules
+def filter_rows(config: Config, imap: Callable, rows_file: Path, stats: CurationStats) -> list[str]:
+    """Step 1: every example through the one-row rules and the duplicate rule into `rows_file`. Returns
+    the source of each row written."""
     seen: set[bytes] = set()
     sources: list[str] = []
-    num_tokens: list[int] = []
     batches = imap(_prepare, batched(source_examples(config, stats), BATCH_SIZE))
     with pa.OSFile(str(rows_file), "wb") as sink, pa.ipc.new_stream(sink, ROW_SCHEMA) as writer:
         for batch in batches:
             keep = []
-            for rule, key, tokens in zip(
-                batch.failed_rules, batch.question_keys, batch.num_tokens, strict=True
-            ):
-                if rule is None and drop_long and tokens > config.train.max_length:
-                    rule = TOO_LONG
+            for rule, key in zip(batch.failed_rules, batch.question_keys, strict=True):
                 if rule is None and key in seen:
                     rule = DUPLICATE
                 if rule is None:
                     seen.add(key)
-                    num_tokens.append(tokens)
                 else:
                     stats.dropped[rule] += 1
                 keep.append(rule is None)
             kept = batch.rows.filter(pa.array(keep, pa.bool_()))
             sources += kept.column("source").to_pylist()
             writer.write_batch(kept)
-    return sources, num_tokens
+    return sources
+
+
+class RowsFile:
+    """The rows of step 1, read back by index through a memory map."""
+
+    def __init__(self, path: Path) -> None:
+        self.batches = pa.ipc.open_stream(pa.memory_map(str(path))).read_all().to_batches()
+        self.starts = [0, *accumulate(batch.num_rows for batch in self.batches)]
+
+    def texts(self, indices: list[int]) -> list[str]:
+        """prompt + completion of each row: the text whose tokens training sees."""
+        texts = []
+        for index in indices:
+            number = bisect_right(self.starts, index) - 1
+            batch, row = self.batches[number], index - self.starts[number]
+            texts.append(batch["prompt"][row].as_py() + batch["completion"][row].as_py())
+        return texts
+
+
+def count_tokens_of(rows: RowsFile, indices: list[int], imap: Callable) -> list[int]:
+    texts = rows.texts(indices)
+    chunks = [texts[start : start + BATCH_SIZE] for start in range(0, len(texts), BATCH_SIZE)]
+    return [count for counts in imap(_count, chunks) for count in counts]
+
+
+def choose_rows(
+    config: Config, sources: list[str], rows: RowsFile, imap: Callable, stats: CurationStats
+) -> tuple[list[int], list[int]]:
+    """Step 2: the kept rows of each source and the token counts of those counted (step 2 above)."""
+    rng = random.Random(config.run.seed)
+    limits = {"stackoverflow": config.data.stackoverflow, "alpaca": config.data.alpaca}
+    chosen: list[int] = []
+    lengths: list[int] = []
+    for source in stats.examples:
+        order = [index for index, name in enumerate(sources) if name == source]
+        rng.shuffle(order)
+        limit = limits[source].limit or len(order)
+        if TOO_LONG not in stats.rules:
+            kept = order[:limit]
+        else:
+            kept = []
+            for start in range(0, len(order), COUNT_CHUNK):
+                chunk = order[start : start + COUNT_CHUNK]
+                for index, count in zip(chunk, count_tokens_of(rows, chunk, imap), strict=True):
+                    if len(kept) == limit:
+                        break
+                    if count > config.train.max_length:
+                        stats.dropped[TOO_LONG] += 1
+                    else:
+                        kept.append(index)
+                        lengths.append(count)
+                if len(kept) == limit:
+                    break
+        stats.kept_by_source[source] = len(kept)
+        chosen += kept
+    return chosen, lengths
 
 
 def check_nothing_emptied(stats: CurationStats) -> None:
@@ -186,22 +237,13 @@ def check_nothing_emptied(stats: CurationStats) -> None:
         remaining -= stats.dropped[rule]
 
 
-def sample_and_split(config: Config, sources: list[str], stats: CurationStats) -> list[int]:
-    """Row indices, each source sampled down to its limit, shuffled with the run's seed; the first
-    `stats.validation_rows` of them are the validation split."""
-    rng = random.Random(config.run.seed)
-    limits = {"stackoverflow": config.data.stackoverflow, "alpaca": config.data.alpaca}
-    chosen: list[int] = []
-    for source in stats.examples:
-        indices = [index for index, name in enumerate(sources) if name == source]
-        limit = limits[source].limit
-        if limit and len(indices) > limit:
-            indices = rng.sample(indices, limit)
-        stats.kept_by_source[source] = len(indices)
-        chosen.extend(indices)
+def shuffle_and_split(config: Config, chosen: list[int], stats: CurationStats) -> list[int]:
+    """Step 3: the kept rows shuffled with the run's seed; the first `stats.validation_rows` of them are
+    the validation split."""
     if len(chosen) < 2:
         raise UserError(f"only {len(chosen)} example(s) left after curation: need at least 2 to split")
-    rng.shuffle(chosen)
+    chosen = chosen.copy()
+    random.Random(config.run.seed).shuffle(chosen)
     stats.validation_rows = config.data.validation_size
     ceiling = max(1, len(chosen) // 5)
     if stats.validation_rows > ceiling:
@@ -222,55 +264,29 @@ def token_lengths(lengths: list[int], rows: int, max_length: int) -> dict[str, i
     return {"counted_rows": len(ordered), "of_rows": rows, **at, "max": ordered[-1], "over_max_length": over}
 
 
-def read_texts(rows_file: Path, indices: list[int]) -> list[str]:
-    """prompt + completion of the rows at `indices`, in one pass over the file, one batch in memory at a
-    time (Arrow's take across the file's many batches would first copy whole columns)."""
-    texts: dict[int, str] = {}
-    wanted = sorted(indices)
-    start = 0
-    with pa.OSFile(str(rows_file)) as source:
-        for batch in pa.ipc.open_stream(source):
-            first, last = bisect_left(wanted, start), bisect_left(wanted, start + batch.num_rows)
-            local = [index - start for index in wanted[first:last]]
-            picked = batch.select(["prompt", "completion"]).take(pa.array(local, pa.int64())).to_pydict()
-            for index, prompt, completion in zip(wanted[first:last], *picked.values(), strict=True):
-                texts[index] = prompt + completion
-            start += batch.num_rows
-    return [texts[index] for index in indices]
-
-
-def measured_lengths(
-    rows_file: Path, chosen: list[int], num_tokens: list, settings: RowSettings, imap: Callable
-) -> list[int]:
-    """Token counts for the statistics: every kept row's when the length rule counted them, else those of
-    a seeded sample (the first rows of the shuffled order), counted now by the workers."""
-    if settings.count_tokens:
-        return [num_tokens[index] for index in chosen]
-    texts = read_texts(rows_file, chosen[:TOKEN_SAMPLE])
-    chunks = [texts[start : start + BATCH_SIZE] for start in range(0, len(texts), BATCH_SIZE)]
-    return [count for counts in imap(_count, chunks) for count in counts]
-
-
 def curate(config: Config, count_tokens: TokenCounter, folder: Path) -> CurationStats:
     """Write the DatasetDict (train, validation) to `folder / "data"`; return what each rule did."""
     from datasets import Dataset, DatasetDict
 
     stats = CurationStats(rules=active_rules(config))
     stats.dropped = dict.fromkeys(stats.rules, 0)
-    settings = RowSettings(config.data.system_prompt, config.data.require_code_block, TOO_LONG in stats.rules)
+    settings = RowSettings(config.data.system_prompt, config.data.require_code_block)
     num_proc = config.data.num_proc or len(os.sched_getaffinity(0))
     rows_file = folder / "rows.arrow"
     with workers(settings, count_tokens, num_proc) as imap:
-        sources, num_tokens = filter_rows(config, imap, rows_file, stats)
+        sources = filter_rows(config, imap, rows_file, stats)
+        rows = RowsFile(rows_file)
+        chosen, lengths = choose_rows(config, sources, rows, imap, stats)
         check_nothing_emptied(stats)
-        chosen = sample_and_split(config, sources, stats)
-        lengths = measured_lengths(rows_file, chosen, num_tokens, settings, imap)
-    stats.token_lengths = token_lengths(lengths, len(chosen), config.train.max_length)
+        shuffled = shuffle_and_split(config, chosen, stats)
+        if not lengths:  # nothing needed the counts: count a seeded sample for the statistics
+            lengths = count_tokens_of(rows, shuffled[:TOKEN_SAMPLE], imap)
+    stats.token_lengths = token_lengths(lengths, len(shuffled), config.train.max_length)
     stats.read = {source: asdict(read) for source, read in stats.read.items()}
 
-    rows = Dataset.from_file(str(rows_file))
-    validation, train = chosen[: stats.validation_rows], chosen[stats.validation_rows :]
-    DatasetDict({"train": rows.select(train), "validation": rows.select(validation)}).save_to_disk(
+    dataset = Dataset.from_file(str(rows_file))
+    validation, train = shuffled[: stats.validation_rows], shuffled[stats.validation_rows :]
+    DatasetDict({"train": dataset.select(train), "validation": dataset.select(validation)}).save_to_disk(
         str(folder / "data")
     )
     rows_file.unlink()

@@ -60,18 +60,16 @@ class Example(NamedTuple):
 class RowSettings:
     system_prompt: str | None
     require_code_block: bool
-    count_tokens: bool  # for every row that passes the one-row rules: the length rule needs them
 
 
 @dataclass
 class PreparedBatch:
     """A batch of rendered rows and, row by row, what the rules need: the one-row rule each breaks (or
-    None), the question's digest, and the token count where it was counted."""
+    None) and the question's digest."""
 
     rows: pa.RecordBatch
     failed_rules: list[str | None]
     question_keys: list[bytes]
-    num_tokens: list[int | None]
 
 
 def has_code_block(markdown: str) -> bool:
@@ -158,11 +156,8 @@ def load_token_counter(config: Config) -> TokenCounter:
         raise UserError(f"cannot load the tokenizer of {model}: {error}".replace("\n", " ")) from None
 
 
-def prepare_batch(
-    examples: list[Example], settings: RowSettings, count_tokens: TokenCounter
-) -> PreparedBatch:
-    """Examples converted and rendered; with `settings.count_tokens`, tokens are counted for the rows
-    that pass the one-row rules."""
+def prepare_batch(examples: list[Example], settings: RowSettings) -> PreparedBatch:
+    """Examples converted and rendered, with what the rules need to know of each."""
     columns: dict[str, list] = {name: [] for name in ROW_SCHEMA.names}
     failed_rules, question_keys = [], []
     for example in examples:
@@ -171,11 +166,4 @@ def prepare_batch(
             columns[name].append(value)
         failed_rules.append(failed_rule(user, answer, settings))
         question_keys.append(question_key(user))
-    num_tokens: list[int | None] = [None] * len(examples)
-    if settings.count_tokens:
-        passing = [index for index, rule in enumerate(failed_rules) if rule is None]
-        texts = [columns["prompt"][index] + columns["completion"][index] for index in passing]
-        for index, count in zip(passing, count_tokens(texts), strict=True):
-            num_tokens[index] = count
-    rows = pa.RecordBatch.from_pydict(columns, schema=ROW_SCHEMA)
-    return PreparedBatch(rows, failed_rules, question_keys, num_tokens)
+    return PreparedBatch(pa.RecordBatch.from_pydict(columns, schema=ROW_SCHEMA), failed_rules, question_keys)

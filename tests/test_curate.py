@@ -141,7 +141,7 @@ def test_the_code_block_rule_keeps_only_answers_with_a_fenced_block(tmp_path, sm
         ans[index][-1] = f"<p>Use <code>for</code> and <code>if ({index})</code>, it works.</p>"
     config = make_config(tmp_path, qs, ans, records(10), "data.require_code_block=true")
     train, validation, stats, _ = run_curation(config, smoke_tokenizer, tmp_path)
-    assert stats.rules == [EMPTY, NO_CODE_BLOCK, TOO_LONG, DUPLICATE]
+    assert stats.rules == [EMPTY, NO_CODE_BLOCK, DUPLICATE, TOO_LONG]
     assert stats.dropped[NO_CODE_BLOCK] == 13  # three prose answers and the ten Alpaca answers
     assert sorted(r["source_id"] for r in train + validation) == ["4", "5", "6"]
     off = make_config(tmp_path, qs, ans, records(10))
@@ -172,6 +172,20 @@ def test_too_long_truncate_keeps_them_and_counts_a_sample(tmp_path, smoke_tokeni
     assert TOO_LONG not in stats.dropped and len(train) + len(validation) == 13
     assert stats.token_lengths["over_max_length"] == 1
     assert stats.token_lengths["max"] > 128
+
+
+def test_with_a_limit_only_the_rows_needed_to_fill_it_are_measured(tmp_path, smoke_tokenizer):
+    qs, ans = questions_and_answers(40)
+    for index in range(0, 40, 2):
+        ans[index][-1] = "<p>" + "word " * 400 + "</p>"  # every other answer is too long
+    config = make_config(tmp_path, qs, ans, records(5), "train.max_length=128", "data.stackoverflow.limit=3")
+    train, validation, stats, _ = run_curation(config, smoke_tokenizer, tmp_path)
+    kept = [r for r in train + validation if r["source"] == "stackoverflow"]
+    assert len(kept) == 3 and all(int(r["source_id"]) % 2 == 0 for r in kept)  # the short ones
+    assert 0 < stats.dropped[TOO_LONG] < 20  # counted while filling the limit, not all 20
+    assert stats.token_lengths["counted_rows"] == stats.token_lengths["of_rows"] == 8
+    again = run_curation(config, smoke_tokenizer, tmp_path)
+    assert (again[0], again[1], again[2]) == (train, validation, stats)
 
 
 def test_validation_size_is_clamped_with_a_warning(tmp_path, smoke_tokenizer):

@@ -19,7 +19,7 @@ from data_prep.rows import (
 )
 from tests.conftest import smoke_config
 
-SETTINGS = RowSettings(system_prompt="Be exact.", require_code_block=False, count_tokens=True)
+SETTINGS = RowSettings(system_prompt="Be exact.", require_code_block=False)
 
 
 def test_a_real_fenced_block_counts_as_code():
@@ -58,7 +58,7 @@ def test_alpaca_text_is_kept_as_written_but_trimmed():
 
 
 def test_one_row_rules_in_order():
-    code = RowSettings(None, require_code_block=True, count_tokens=False)
+    code = RowSettings(None, require_code_block=True)
     assert failed_rule("", "answer", SETTINGS) == EMPTY
     assert failed_rule("question", "", code) == EMPTY
     assert failed_rule("question", "no code here", code) == NO_CODE_BLOCK
@@ -66,14 +66,14 @@ def test_one_row_rules_in_order():
     assert failed_rule("question", "```\nx = 1\n```", code) is None
 
 
-def test_prepared_rows_are_rendered_by_the_prompt_function_and_counted(smoke_tokenizer):
+def test_prepared_rows_are_rendered_by_the_prompt_function():
     examples = [
         Example(
             "stackoverflow", "1", "<p>Body</p>", "<pre><code>print(1)\n</code></pre>", "Title", True, 5, 3
         ),
         Example("alpaca", "2", "Task", ""),
     ]
-    batch = prepare_batch(examples, SETTINGS, TokenCounter(smoke_tokenizer))
+    batch = prepare_batch(examples, SETTINGS)
     first, second = batch.rows.to_pylist()
     assert first == {
         "prompt": render_prompt("Title\n\nBody", "Be exact."),
@@ -85,8 +85,7 @@ def test_prepared_rows_are_rendered_by_the_prompt_function_and_counted(smoke_tok
     }
     assert (second["source"], second["question_score"]) == ("alpaca", None)
     assert batch.failed_rules == [None, EMPTY]
-    expected = len(smoke_tokenizer(first["prompt"] + first["completion"])["input_ids"]) + 1  # + EOS
-    assert batch.num_tokens == [expected, None]  # a row that broke a rule is not counted
+    assert batch.question_keys == [question_key("Title\n\nBody"), question_key("Task")]
 
 
 def test_token_counter_matches_the_tokenizer_and_survives_pickling(smoke_tokenizer):
