@@ -62,6 +62,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 
     A crash or error leaves `final` as it was (absent, or the previous complete artifact).
     """
+    created_parent = not final.parent.exists()
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = final.parent / f".{final.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
     staging.mkdir()
@@ -69,6 +70,8 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if created_parent and not any(final.parent.iterdir()):
+            final.parent.rmdir()  # a failed first stage leaves no empty run folder behind
         raise
     previous = final.parent / f".{final.name}.old-{os.getpid()}-{time.monotonic_ns()}"
     if final.exists():

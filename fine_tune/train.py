@@ -170,12 +170,14 @@ def checkpoint_to_resume(config: Config, checkpoints: Path) -> str | None:
 
 def build_trainer(config: Config, paths: RunPaths):
     """The SFTTrainer of this run: QLoRA model, curated dataset, callbacks for stopping and TensorBoard."""
-    from datasets import load_from_disk
+    from datasets import disable_caching, load_from_disk
     from torch.utils.tensorboard import SummaryWriter
     from transformers import EarlyStoppingCallback, set_seed
     from transformers.integrations import TensorBoardCallback
     from trl import SFTTrainer
 
+    # Tokenized copies go to temporary files, never into the curated dataset's folder.
+    disable_caching()
     dataset = load_from_disk(str(require(paths.dataset / "data", "curated dataset", "make data")))
     set_seed(config.run.seed)
     base = resolve_base(config)

@@ -56,15 +56,15 @@ def test_curation_is_byte_deterministic(pipeline, tmp_path):
     again = tmp_path / "again"
     run_stage("data_prep", pipeline[0], "--set", f"run.output_dir={again}")
     for name in ("train", "validation"):
-        (first,) = (run / "dataset" / "data" / name).glob("*.arrow")
-        (second,) = (again / "smoke" / "dataset" / "data" / name).glob("*.arrow")
+        (first,) = (run / "dataset" / "data" / name).glob("data-*.arrow")
+        (second,) = (again / "smoke" / "dataset" / "data" / name).glob("data-*.arrow")
         assert first.read_bytes() == second.read_bytes()
 
 
 def test_adapter_and_train_report(pipeline):
     _, run = pipeline
     adapter = run / "adapter"
-    assert (adapter / "adapter_model.safetensors").stat().st_size > 10_000
+    assert (adapter / "adapter_model.safetensors").stat().st_size > 8_000  # r 8 on q, v of 2 layers, bf16
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["r"] == 8 and sorted(config["target_modules"]) == ["q_proj", "v_proj"]
     report = json.loads((run / "reports" / "train_report.json").read_text())

@@ -46,7 +46,15 @@ def test_batched_left_padded_answers_equal_one_by_one(base, settings):
     batched = generate(model, tokenizer, prompts(), settings.model_copy(update={"batch_size": 4}))
     alone = generate(model, tokenizer, prompts(), settings.model_copy(update={"batch_size": 1}))
     assert batched == alone
-    assert len({answer.text for answer in batched}) > 1  # different prompts, different answers
+    # The equality means something only if the model reads its prompt: the next-token logits of the
+    # left-padded batch equal those of each prompt alone, and differ from prompt to prompt.
+    padded = tokenizer(prompts(), return_tensors="pt", padding=True)
+    with torch.no_grad():
+        batch_logits = model(**padded).logits[:, -1]
+        alone_logits = [model(**tokenizer(p, return_tensors="pt")).logits[0, -1] for p in prompts()]
+    for row, single in zip(batch_logits, alone_logits, strict=True):
+        assert torch.allclose(row, single, atol=1e-4)
+    assert not torch.allclose(alone_logits[0], alone_logits[1], atol=1e-2)
 
 
 def test_only_the_answer_is_returned_and_max_new_tokens_excludes_the_prompt(base, settings):
@@ -66,10 +74,20 @@ def test_generation_stops_at_eos_and_drops_what_follows(base, settings, smoke_ba
     lower id), so that answer must end there with its first 3 tokens, while another prompt in the same
     batch runs on to the limit."""
     model, tokenizer = base
-    first, other = prompts()[0], prompts()[2]
-    tokens = model.generate(**tokenizer(first, return_tensors="pt"), **decoding_options(settings, tokenizer))
-    continuation = tokens[0, len(tokenizer(first)["input_ids"]) :].tolist()
-    cut = next(i for i in range(3, len(continuation)) if continuation[i] not in continuation[:i])
+    # The other prompt is plain code, so that its answer differs from the first's even on this tiny model.
+    first, other = prompts()[0], "import os\nimport sys\n\n\ndef main():\n    "
+
+    def greedy(prompt: str) -> list[int]:
+        inputs = tokenizer(prompt, return_tensors="pt")
+        tokens = model.generate(**inputs, **decoding_options(settings, tokenizer))
+        return tokens[0, inputs["input_ids"].shape[1] :].tolist()
+
+    continuation, elsewhere = greedy(first), set(greedy(other))
+    cut = next(
+        i
+        for i in range(3, len(continuation))
+        if continuation[i] not in continuation[:i] and continuation[i] not in elsewhere
+    )
     stopper = load_model(ModelSource("base", str(smoke_base_dir), is_adapter=False), smoke_config(tmp_path))[
         0
     ]

@@ -184,7 +184,7 @@ def test_infer_answers_with_an_adapter_or_merged_model_from_the_hub(pipeline, hu
     question = "How do I reverse a list in Python?"
     for repo, local in ((ADAPTER, run / "adapter"), (MERGED, run / "merged")):
         remote = against(hub, outputs, tmp, "inference", "--model", repo, "--prompt", question)
-        model, tokenizer = load_model(resolve_model(config, str(local)))
+        model, tokenizer = load_model(resolve_model(config, str(local)), config)
         prompt = render_prompt(question, config.data.system_prompt)
         (expected,) = generate(model, tokenizer, [prompt], config.inference)
         assert remote.stdout.strip() == expected.text, repo

@@ -198,7 +198,7 @@ def test_two_processes_train_with_ddp(curated):
     report = json.loads((run / "runs" / "smoke" / "reports" / "train_report.json").read_text())
     assert report["world_size"] == 2
     assert report["steps"] == 4
-    assert (run / "runs" / "smoke" / "adapter" / "adapter_model.safetensors").stat().st_size > 10_000
+    assert (run / "runs" / "smoke" / "adapter" / "adapter_model.safetensors").stat().st_size > 8_000
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="runs for real on a GPU")
