@@ -54,6 +54,7 @@ class CurationStats:
     examples: dict[str, int] = field(default_factory=dict)
     rules: list[str] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
+    length_checked: int = 0  # rows the length rule measured: fewer than reached it when limits filled first
     kept_by_source: dict[str, int] = field(default_factory=dict)
     train_rows: int = 0
     validation_rows: int = 0
@@ -217,6 +218,7 @@ def choose_rows(
                 for index, count in zip(chunk, count_tokens_of(rows, chunk, imap), strict=True):
                     if len(kept) == limit:
                         break
+                    stats.length_checked += 1
                     if count > config.train.max_length:
                         stats.dropped[TOO_LONG] += 1
                     else:
