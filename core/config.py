@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.errors import UserError
 
@@ -56,6 +57,16 @@ class StackOverflowSource(Section):
     include_tags: list[str] = Field([], description="keep only questions with one of these tags")
     exclude_tags: list[str] = Field([], description="drop questions with any of these tags")
     limit: int | None = Field(None, ge=1, description="a seeded sample of at most this many pairs")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        if value != "auto":
+            try:
+                codecs.lookup(value)
+            except LookupError:
+                raise ValueError(f"unknown encoding {value!r}: auto, or a Python codec name") from None
+        return value
 
 
 class AlpacaSource(Section):

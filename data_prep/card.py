@@ -17,9 +17,9 @@ STACKOVERFLOW_ATTRIBUTION = (
 def rule_descriptions(config: Config) -> dict[str, str]:
     return {
         EMPTY: "the question or the answer is empty once converted to Markdown",
-        NO_CODE_BLOCK: "the answer has no fenced code block with code in it (`data.require_code_block`)",
+        NO_CODE_BLOCK: "the answer has no fenced code block with code in it; on with data.require_code_block",
         TOO_LONG: f"BOS + prompt + completion + EOS is over {config.train.max_length} tokens of the run's "
-        "tokenizer (`data.too_long: drop`)",
+        "tokenizer; on with `data.too_long: drop`",
         DUPLICATE: "the question's text, whitespace collapsed and case folded, was already kept",
     }
 
@@ -64,6 +64,17 @@ def reading(config: Config, stats: CurationStats) -> dict[str, list[str]]:
         else:
             lines[source] = alpaca_reading(read)
     return lines
+
+
+def removed(stats: CurationStats, rule: str) -> str:
+    """How many rows the rule removed; for the length rule, of how many it measured when the sources'
+    limits were filled before every row was measured."""
+    reached = sum(stats.examples.values()) - sum(
+        stats.dropped[r] for r in stats.rules[: stats.rules.index(rule)]
+    )
+    if rule == TOO_LONG and stats.length_checked < reached:
+        return f"{stats.dropped[rule]} removed of the {stats.length_checked} rows measured to fill the limits"
+    return f"{stats.dropped[rule]} removed"
 
 
 def examples(stats: CurationStats) -> str:
@@ -121,7 +132,7 @@ def dataset_card(config: Config, stats: CurationStats) -> str:
     lines += [
         f"Examples: {examples(stats)}; kept: {kept(config, stats)}.\n",
         "## Rules, in order, and the rows each removed\n",
-        *[f"- {rule}: {stats.dropped[rule]} ({descriptions[rule]})" for rule in stats.rules],
+        *[f"- {rule} ({descriptions[rule]}): {removed(stats, rule)}" for rule in stats.rules],
         "",
         f"Token lengths: {token_lengths(config, stats)}.\n",
     ]
@@ -135,7 +146,7 @@ def summary(config: Config, stats: CurationStats, where: str) -> str:
     blocks = [(source, source_lines) for source, source_lines in reading(config, stats).items()]
     blocks += [
         ("examples", [examples(stats)]),
-        ("rules", [f"{rule}: {stats.dropped[rule]} removed" for rule in stats.rules]),
+        ("rules", [f"{rule}: {removed(stats, rule)}" for rule in stats.rules]),
         ("kept", [kept(config, stats)]),
         ("split", [f"train {stats.train_rows}, validation {stats.validation_rows} (seed {config.run.seed})"]),
         ("tokens", [token_lengths(config, stats)]),

@@ -54,6 +54,7 @@ class CurationStats:
     examples: dict[str, int] = field(default_factory=dict)
     rules: list[str] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
+    length_checked: int = 0  # rows the length rule measured: fewer than reached it when limits filled first
     kept_by_source: dict[str, int] = field(default_factory=dict)
     train_rows: int = 0
     validation_rows: int = 0
@@ -170,10 +171,14 @@ def filter_rows(config: Config, imap: Callable, rows_file: Path, stats: Curation
 
 
 class RowsFile:
-    """The rows of step 1, read back by index through a memory map."""
+    """The rows of step 1, read back by index through one memory map (a second map of the same file
+    would count its pages twice in this process's memory)."""
 
     def __init__(self, path: Path) -> None:
-        self.batches = pa.ipc.open_stream(pa.memory_map(str(path))).read_all().to_batches()
+        from datasets import Dataset
+
+        self.dataset = Dataset.from_file(str(path))
+        self.batches = self.dataset.data.to_batches()
         self.starts = [0, *accumulate(batch.num_rows for batch in self.batches)]
 
     def texts(self, indices: list[int]) -> list[str]:
@@ -213,6 +218,7 @@ def choose_rows(
                 for index, count in zip(chunk, count_tokens_of(rows, chunk, imap), strict=True):
                     if len(kept) == limit:
                         break
+                    stats.length_checked += 1
                     if count > config.train.max_length:
                         stats.dropped[TOO_LONG] += 1
                     else:
@@ -266,7 +272,7 @@ def token_lengths(lengths: list[int], rows: int, max_length: int) -> dict[str, i
 
 def curate(config: Config, count_tokens: TokenCounter, folder: Path) -> CurationStats:
     """Write the DatasetDict (train, validation) to `folder / "data"`; return what each rule did."""
-    from datasets import Dataset, DatasetDict
+    from datasets import DatasetDict
 
     stats = CurationStats(rules=active_rules(config))
     stats.dropped = dict.fromkeys(stats.rules, 0)
@@ -284,10 +290,8 @@ def curate(config: Config, count_tokens: TokenCounter, folder: Path) -> Curation
     stats.token_lengths = token_lengths(lengths, len(shuffled), config.train.max_length)
     stats.read = {source: asdict(read) for source, read in stats.read.items()}
 
-    dataset = Dataset.from_file(str(rows_file))
     validation, train = shuffled[: stats.validation_rows], shuffled[stats.validation_rows :]
-    DatasetDict({"train": dataset.select(train), "validation": dataset.select(validation)}).save_to_disk(
-        str(folder / "data")
-    )
+    splits = {"train": rows.dataset.select(train), "validation": rows.dataset.select(validation)}
+    DatasetDict(splits).save_to_disk(str(folder / "data"))
     rows_file.unlink()
     return stats

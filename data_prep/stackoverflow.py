@@ -65,6 +65,7 @@ def read_rows(
     if not path.is_file():
         raise UserError(f"Stack Overflow file not found: {path}")
     codec, errors = ("utf-8", FALLBACK_ERRORS) if encoding == "auto" else (encoding, "strict")
+    line = 1
     try:
         with path.open(encoding=codec, errors=errors, newline="") as handle:
             reader = csv.reader(handle)
@@ -131,10 +132,9 @@ def read_pairs(source: StackOverflowSource, stats: ReadStats) -> Iterator[Pair]:
     memory); the iterator returned then streams Questions.csv and joins, so that the slow part of curation
     can start while this function's caller does something else. Each file is read once.
     """
+    # A missing file or column fails now, not after Answers.csv has been read.
     for path, columns in ((source.questions, QUESTION_COLUMNS), (source.answers, ANSWER_COLUMNS)):
-        next(
-            read_rows(path, columns, source.encoding, ReadStats()), None
-        )  # a missing file or column fails now
+        next(read_rows(path, columns, source.encoding, ReadStats()), None)
     keep_tags = tag_filter(source, stats)
     best: dict[int, tuple[int, int, str]] = {}  # question id -> (score, answer id, body) of its best answer
     answer_counts: Counter[int] = Counter()  # question id -> its answers, to count those with no question

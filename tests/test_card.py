@@ -15,8 +15,9 @@ STATS = CurationStats(
         "alpaca": {"records_read": 122, "malformed": 1, "malformed_positions": [5]},
     },
     examples={"stackoverflow": 162, "alpaca": 121},
-    rules=[EMPTY, TOO_LONG, DUPLICATE],
-    dropped={EMPTY: 2, TOO_LONG: 17, DUPLICATE: 1},
+    rules=[EMPTY, DUPLICATE, TOO_LONG],
+    dropped={EMPTY: 2, DUPLICATE: 1, TOO_LONG: 17},
+    length_checked=280,
     kept_by_source={"stackoverflow": 40, "alpaca": 20},
     train_rows=52,
     validation_rows=8,
@@ -33,6 +34,10 @@ def test_summary_is_a_readable_line_per_fact(tmp_path):
     assert "alpaca         122 records read; malformed records skipped: 1 (first at positions 5)" in lines
     assert "rules          empty question or answer: 2 removed" in lines
     assert "               longer than train.max_length: 17 removed" in lines
+    filled_early = CurationStats(**{**STATS.__dict__, "length_checked": 77})
+    assert "longer than train.max_length: 17 removed of the 77 rows measured to fill the limits" in summary(
+        smoke_config(tmp_path), filled_early, "there"
+    )
     assert "split          train 52, validation 8 (seed 7)" in lines
     assert lines[-1] == "written        runs/smoke/dataset in 3 s"
     assert "{" not in text  # not a JSON dump
@@ -42,8 +47,9 @@ def test_card_names_sources_rules_counts_and_the_license(tmp_path):
     card = dataset_card(smoke_config(tmp_path), STATS)
     assert card.startswith("---\nlicense: cc-by-sa-3.0\n")
     assert "- train: 52 rows\n- validation: 8 rows" in card
-    assert "- longer than train.max_length: 17 (BOS + prompt + completion + EOS is over 512 tokens" in card
-    assert "- duplicate question: 1 (" in card
+    assert "- longer than train.max_length (BOS + prompt + completion + EOS is over 512 tokens" in card
+    assert "tokenizer; on with `data.too_long: drop`): 17 removed\n" in card
+    assert "- duplicate question (" in card and "already kept): 1 removed" in card
     assert "kept: stackoverflow 40 (a seeded sample, limit 40), alpaca 20 (a seeded sample, limit 20)" in card
     assert "CC-BY-SA 3.0 (https://creativecommons.org/licenses/by-sa/3.0/)" in card
     assert "p50 346, p90 430, p99 508, max 508 (BOS + prompt + completion + EOS, on all 60 kept rows)" in card

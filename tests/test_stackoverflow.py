@@ -5,9 +5,10 @@ import io
 
 import pytest
 
-from core.config import StackOverflowSource
+from core.config import StackOverflowSource, load_config
 from core.errors import UserError
 from data_prep.stackoverflow import ReadStats, read_pairs
+from tests.conftest import SMOKE
 
 QUESTION_HEADER = ["Id", "OwnerUserId", "CreationDate", "Score", "Title", "Body"]
 ANSWER_HEADER = ["Id", "OwnerUserId", "CreationDate", "ParentId", "Score", "Body"]
@@ -187,3 +188,8 @@ def test_a_missing_questions_column_fails_before_the_answers_are_read(tmp_path):
     write_csv(tmp_path / "Questions.csv", ["Id", "Score", "Body"], [[1, 1, "b"]])
     with pytest.raises(UserError, match=r"Questions.csv: missing column Title"):
         read_pairs(src, ReadStats())
+
+
+def test_an_unknown_encoding_is_a_config_error():
+    with pytest.raises(UserError, match="data.stackoverflow.encoding: unknown encoding 'latin-9000'"):
+        load_config(SMOKE, ["data.stackoverflow.encoding=latin-9000"])
