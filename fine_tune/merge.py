@@ -113,7 +113,7 @@ def main(config: Config, args: argparse.Namespace) -> None:
         write_json_atomic(paths.reports / "merge_check.json", check)
         log.info(
             "merge self-check %s: max |logit difference| %.3g, tolerance %g (%s, %d tokens); "
-            "peak RSS %.0f MB for %.0f MB of weights",
+            "peak RSS %.0f MB for %.3g MB of weights",
             "passed" if check["passed"] else "FAILED", difference, check["tolerance"], check["dtype"],
             check["tokens_compared"], check["peak_rss_mb"], check["weights_mb"],
         )  # fmt: skip

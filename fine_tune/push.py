@@ -22,7 +22,7 @@ from pathlib import Path
 from core.cli import run_stage
 from core.config import Config
 from core.errors import UserError
-from core.hub import configure_client, push_parser, push_target, with_retries
+from core.hub import configure_client, failure_reason, push_parser, push_target, with_retries
 from core.runs import RunPaths, require
 from fine_tune.base import resolve_base
 from fine_tune.card import base_hub_id, model_card
@@ -60,7 +60,7 @@ def base_license(base_id: str) -> str | None:
     try:
         card = HfApi().model_info(base_id).card_data
     except (HfHubHTTPError, httpx2.TransportError) as error:
-        log.info("no license for the card: cannot read %s's card (%s)", base_id, type(error).__name__)
+        log.info("no license for the card: cannot read %s's card (%s)", base_id, failure_reason(error))
         return None
     return card.get("license") if card else None
 
