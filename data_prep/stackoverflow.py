@@ -82,12 +82,27 @@ def read_rows(
                 else:
                     yield line, dict(zip(header, row, strict=True))
                 line = reader.line_num + 1
-    except UnicodeDecodeError as error:
+    except UnicodeDecodeError:
         raise UserError(
-            f"{path}: not valid {encoding} at byte {error.start}; set data.stackoverflow.encoding"
+            f"{path}: not valid {encoding} at line {_first_undecodable_line(path, codec)}; set "
+            "data.stackoverflow.encoding (auto reads UTF-8, and any bytes that are not UTF-8 as cp1252)"
         ) from None
     except csv.Error as error:
         raise UserError(f"{path}: unreadable CSV near line {line}: {error}") from None
+
+
+def _first_undecodable_line(path: Path, codec: str) -> int:
+    """The line of the first bytes of `path` that `codec` cannot decode (the text reader only knows the
+    8 KB block it was decoding)."""
+    decoder, line = codecs.getincrementaldecoder(codec)(), 1
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as error:  # error.object: this block after any undecoded tail
+                return line + error.object[: error.start].count(b"\n")
+            line += block.count(b"\n")
+    return line
 
 
 def _count_malformed(stats: ReadStats, path: Path, line: int) -> None:

@@ -193,3 +193,9 @@ def test_a_missing_questions_column_fails_before_the_answers_are_read(tmp_path):
 def test_an_unknown_encoding_is_a_config_error():
     with pytest.raises(UserError, match="data.stackoverflow.encoding: unknown encoding 'latin-9000'"):
         load_config(SMOKE, ["data.stackoverflow.encoding=latin-9000"])
+
+
+def test_bytes_that_do_not_fit_a_configured_encoding_name_the_file_and_line(tmp_path):
+    src = source(tmp_path, [question(1), question(2, title="Naïve £5")], [answer(5, 1)], encoding="latin-1")
+    with pytest.raises(UserError, match=r"Questions.csv: not valid utf-8 at line 3; set data.stackoverflow"):
+        list(read_pairs(src.model_copy(update={"encoding": "utf-8"}), ReadStats()))
