@@ -200,7 +200,8 @@ def count_tokens_of(rows: RowsFile, indices: list[int], imap: Callable) -> list[
 def choose_rows(
     config: Config, sources: list[str], rows: RowsFile, imap: Callable, stats: CurationStats
 ) -> tuple[list[int], list[int]]:
-    """Step 2: the kept rows of each source and the token counts of those counted (step 2 above)."""
+    """Step 2: each source's kept rows, in its seeded order, and the token counts the length rule measured
+    for the rows it kept."""
     rng = random.Random(config.run.seed)
     limits = {"stackoverflow": config.data.stackoverflow, "alpaca": config.data.alpaca}
     chosen: list[int] = []
