@@ -14,9 +14,11 @@
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
 import random
+import threading
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -153,6 +155,9 @@ def filter_rows(config: Config, imap: Callable, rows_file: Path, stats: Curation
     seen: set[bytes] = set()
     sources: list[str] = []
     batches = imap(_prepare, batched(source_examples(config, stats), BATCH_SIZE))
+    # `datasets` takes a second to import and is needed after this step: it loads now, while this
+    # process mostly waits for the workers.
+    threading.Thread(target=importlib.import_module, args=("datasets",), daemon=True).start()
     with pa.OSFile(str(rows_file), "wb") as sink, pa.ipc.new_stream(sink, ROW_SCHEMA) as writer:
         for batch in batches:
             keep = []
@@ -200,7 +205,8 @@ def count_tokens_of(rows: RowsFile, indices: list[int], imap: Callable) -> list[
 def choose_rows(
     config: Config, sources: list[str], rows: RowsFile, imap: Callable, stats: CurationStats
 ) -> tuple[list[int], list[int]]:
-    """Step 2: the kept rows of each source and the token counts of those counted (step 2 above)."""
+    """Step 2: each source's kept rows, in its seeded order, and the token counts the length rule measured
+    for the rows it kept."""
     rng = random.Random(config.run.seed)
     limits = {"stackoverflow": config.data.stackoverflow, "alpaca": config.data.alpaca}
     chosen: list[int] = []

@@ -37,7 +37,7 @@ def run_curation(config, tokenizer, tmp_path):
     """(train rows, validation rows, stats, the dataset folder) of one curation into a fresh folder."""
     folder = tmp_path / f"curated-{next(RUNS)}"
     folder.mkdir()
-    stats = curate(config, TokenCounter(tokenizer), folder)
+    stats = curate(config, TokenCounter(tokenizer.backend_tokenizer), folder)
     dataset = load_from_disk(str(folder / "data"))
     assert sorted(path.name for path in folder.iterdir()) == ["data"]  # the scratch rows file is gone
     return dataset["train"].to_list(), dataset["validation"].to_list(), stats, folder / "data"

@@ -91,7 +91,7 @@ def test_prepared_rows_are_rendered_by_the_prompt_function():
 def test_token_counter_matches_the_tokenizer_and_survives_pickling(smoke_tokenizer):
     texts = ["[INST] héllo wörld [/INST] ```\n    x = 1\n```", "", "🙂 " * 50]
     expected = [len(ids) + 1 for ids in smoke_tokenizer(texts)["input_ids"]]
-    counter = TokenCounter(smoke_tokenizer)
+    counter = TokenCounter(smoke_tokenizer.backend_tokenizer)
     assert counter(texts) == expected
     assert pickle.loads(pickle.dumps(counter))(texts) == expected
 
@@ -99,5 +99,7 @@ def test_token_counter_matches_the_tokenizer_and_survives_pickling(smoke_tokeniz
 def test_the_embedded_base_tokenizer_loads_as_auto_tokenizer_loads_it(smoke_base_dir, smoke_tokenizer):
     config = smoke_config(smoke_base_dir.parent.parent)  # the config the session base was built from
     texts = ["def f(x):\n        return x  # ünïcode", "[INST] <<SYS>>\nBe exact.\n<</SYS>>\n\nhi [/INST] ok"]
-    assert load_token_counter(config)(texts) == TokenCounter(smoke_tokenizer)(texts)
-    assert pickle.dumps(load_token_counter(config)) == pickle.dumps(TokenCounter(smoke_tokenizer))
+    assert load_token_counter(config)(texts) == TokenCounter(smoke_tokenizer.backend_tokenizer)(texts)
+    assert pickle.dumps(load_token_counter(config)) == pickle.dumps(
+        TokenCounter(smoke_tokenizer.backend_tokenizer)
+    )
