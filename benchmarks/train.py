@@ -3,8 +3,8 @@
 Both run the real `fine_tune.train` stage on the tiny profile's embedded base and curated sample data,
 with the same LoRA rank and targets, one after the other in this run. The seed's recipe: no packing,
 loss on the whole text, batch 4, length-grouped batches, gradient checkpointing on (as
-`prepare_model_for_kbit_training` leaves it). Evaluation and checkpoints are off for both, so the
-time is training alone (the stage times `trainer.train()`, not loading).
+`prepare_model_for_kbit_training` leaves it), LoRA dropout 0.1. Evaluation and checkpoints are off for
+both, so the time is training alone (the stage times `trainer.train()`, not loading).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ ONE_EPOCH = [
 ]  # fmt: skip
 SEED_RECIPE = [
     "train.packing=false", "train.completion_only_loss=false", "train.batch_size=4",
-    "train.group_by_length=true", "train.gradient_checkpointing=true",
+    "train.group_by_length=true", "train.gradient_checkpointing=true", "train.gradient_accumulation_steps=1",
+    "lora.dropout=0.1",
 ]  # fmt: skip
 
 

@@ -186,6 +186,34 @@ def test_packed_sequences_do_not_see_each_other(packed_trainer):
     assert leaky_per_example != pytest.approx(sorted(alone), abs=1e-4)
 
 
+def test_scoring_only_supervised_positions_keeps_loss_and_gradients(packed_trainer, monkeypatch):
+    import trl.trainer.utils as trl_utils
+
+    from fine_tune.train import score_supervised_positions_only
+
+    _, unpacked = packed_trainer  # padded rows with masked prompts: positions that need no scoring
+    model = unpacked.model.train()
+    batch = unpacked.data_collator(list(unpacked.train_dataset))
+    assert (batch["labels"] == -100).float().mean() > 0.3
+
+    def loss_and_gradients() -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad()
+        loss = model(**batch, fused_lm_head=True).loss
+        loss.backward()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        return loss.item(), [p.grad.float().clone() for p in trainable]
+
+    monkeypatch.setattr(trl_utils, "_use_triton", lambda device: False)  # TRL's CPU path: every position
+    every_loss, every_gradients = loss_and_gradients()
+    score_supervised_positions_only()
+    assert trl_utils._use_triton(torch.device("cpu"))
+    only_loss, only_gradients = loss_and_gradients()
+    model.zero_grad()
+    assert only_loss == pytest.approx(every_loss, abs=1e-5)
+    for only, every in zip(only_gradients, every_gradients, strict=True):
+        torch.testing.assert_close(only, every, atol=1e-5, rtol=1e-3)
+
+
 def test_two_processes_train_with_ddp(curated):
     run = fresh_run(curated, "ddp")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
