@@ -196,10 +196,12 @@ class RowsFile:
         return texts
 
 
-def count_tokens_of(rows: RowsFile, indices: list[int], imap: Callable) -> list[int]:
+def count_tokens_of(rows: RowsFile, indices: list[int], imap: Callable) -> Iterator[int]:
+    """The token counts of these rows, in order. With worker processes the counting starts at once and
+    the counts arrive as the iterator is consumed."""
     texts = rows.texts(indices)
     chunks = [texts[start : start + BATCH_SIZE] for start in range(0, len(texts), BATCH_SIZE)]
-    return [count for counts in imap(_count, chunks) for count in counts]
+    return chain.from_iterable(imap(_count, chunks))
 
 
 def choose_rows(
@@ -291,13 +293,13 @@ def curate(config: Config, count_tokens: TokenCounter, folder: Path) -> Curation
         chosen, lengths = choose_rows(config, sources, rows, imap, stats)
         check_nothing_emptied(stats)
         shuffled = shuffle_and_split(config, chosen, stats)
-        if not lengths:  # nothing needed the counts: count a seeded sample for the statistics
-            lengths = count_tokens_of(rows, shuffled[:TOKEN_SAMPLE], imap)
-    stats.token_lengths = token_lengths(lengths, len(shuffled), config.train.max_length)
+        # Nothing needed the counts: the workers count a seeded sample for the statistics while this
+        # process writes the dataset.
+        counted = iter(lengths) if lengths else count_tokens_of(rows, shuffled[:TOKEN_SAMPLE], imap)
+        validation, train = shuffled[: stats.validation_rows], shuffled[stats.validation_rows :]
+        splits = {"train": rows.dataset.select(train), "validation": rows.dataset.select(validation)}
+        DatasetDict(splits).save_to_disk(str(folder / "data"))
+        stats.token_lengths = token_lengths(list(counted), len(shuffled), config.train.max_length)
     stats.read = {source: asdict(read) for source, read in stats.read.items()}
-
-    validation, train = shuffled[: stats.validation_rows], shuffled[stats.validation_rows :]
-    splits = {"train": rows.dataset.select(train), "validation": rows.dataset.select(validation)}
-    DatasetDict(splits).save_to_disk(str(folder / "data"))
     rows_file.unlink()
     return stats

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
 import html
-import sys
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 
 from core.config import StackOverflowSource
 from core.errors import UserError
@@ -22,6 +28,8 @@ QUESTION_COLUMNS = ("Id", "Score", "Title", "Body")
 ANSWER_COLUMNS = ("Id", "ParentId", "Score", "Body")
 TAG_COLUMNS = ("Id", "Tag")
 FALLBACK_ERRORS = "utf8-else-cp1252"
+INTEGER = r"^[+-]?[0-9]+$"  # what Python's int() reads, less the spaces and underscores
+CSV_BLOCK_BYTES = 8 << 20  # what the reader parses at a time: memory stays bounded by it
 
 
 def _decode_as_cp1252(error: UnicodeDecodeError) -> tuple[str, int]:
@@ -31,7 +39,6 @@ def _decode_as_cp1252(error: UnicodeDecodeError) -> tuple[str, int]:
 
 
 codecs.register_error(FALLBACK_ERRORS, _decode_as_cp1252)
-csv.field_size_limit(sys.maxsize)  # post bodies can be far larger than csv's 128 KB default
 
 
 @dataclass
@@ -59,36 +66,134 @@ class ReadStats:
 
 
 def read_rows(
-    path: Path, required: tuple[str, ...], encoding: str, stats: ReadStats
-) -> Iterator[tuple[int, dict[str, str]]]:
-    """Stream a CSV's rows as (first line number, row); rows with a wrong field count are counted, skipped."""
+    path: Path, required: tuple[str, ...], integers: tuple[str, ...], encoding: str, stats: ReadStats
+) -> Iterator[list[Any]]:
+    """Stream a CSV's rows as the values of the required columns, in that order, those of `integers` as
+    ints. A row with a wrong field count, or with a value of an integer column that is not an integer
+    (`NA`), is malformed: counted with its first line, and skipped.
+
+    pyarrow's CSV reader parses (multi-line quoted fields, doubled quotes) block by block, several times
+    faster than the csv module; fields come as bytes and are decoded here, so that the encoding rule is
+    ours. The reader numbers rows, not lines, so a malformed row's line is counted from the rows and the
+    line breaks inside the fields before it."""
+    header = _header(path, required, encoding)
+    if encoding == "auto":
+        codec, errors, transcode = "utf-8", FALLBACK_ERRORS, "utf8"
+    elif ',"\r\n'.encode(encoding) == b',"\r\n':  # the CSV's syntax reads the same: decode fields here
+        codec, errors, transcode = encoding, "strict", "utf8"
+    else:  # UTF-16 and the like: the reader transcodes to UTF-8 first
+        codec, errors, transcode = "utf-8", "strict", encoding
+    invalid: deque[tuple[int, str]] = deque()  # (row number, the header's being 1; its text)
+
+    def skip_invalid(row: pa_csv.InvalidRow) -> str:
+        invalid.append((row.number, row.text))
+        return "skip"
+
+    reader = pa_csv.open_csv(
+        path,
+        read_options=pa_csv.ReadOptions(
+            use_threads=False,
+            block_size=CSV_BLOCK_BYTES,
+            skip_rows=1,
+            column_names=header,
+            encoding=transcode,
+        ),
+        parse_options=pa_csv.ParseOptions(newlines_in_values=True, invalid_row_handler=skip_invalid),
+        convert_options=pa_csv.ConvertOptions(
+            column_types=dict.fromkeys(header, pa.binary()),
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    number, line = 2, 2  # the next row's number and first line
+    try:
+        for batch in reader:
+            last = number + batch.num_rows - 1  # the batch's last row number, counting invalid rows in it
+            for invalid_number, _ in invalid:
+                if invalid_number > last:
+                    break
+                last += 1
+            checks = [pc.match_substring_regex(batch[column], INTEGER) for column in integers]
+            integral = functools.reduce(pc.and_, checks).to_pylist() if checks else [True] * batch.num_rows
+            columns = [
+                _integers(batch[column], integral)
+                if column in integers
+                else _decoded(batch[column], codec, errors)
+                for column in required
+            ]
+            if last == number + batch.num_rows - 1 and all(integral):  # nothing malformed: no lines needed
+                yield from zip(*columns, strict=True)
+                line += batch.num_rows + sum(map(_line_breaks, batch.columns))
+                number = last + 1
+                continue
+            breaks = functools.reduce(pc.add, [pc.count_substring(column, "\n") for column in batch.columns])
+            for row_breaks, is_integral, *row in zip(breaks.to_pylist(), integral, *columns, strict=True):
+                while invalid and invalid[0][0] == number:
+                    _count_malformed(stats, path, line)
+                    line += invalid.popleft()[1].count("\n") + 1
+                    number += 1
+                if is_integral:
+                    yield row
+                else:
+                    _count_malformed(stats, path, line)
+                line += row_breaks + 1
+                number += 1
+        for _, text in invalid:  # rows after the last good one
+            _count_malformed(stats, path, line)
+            line += text.count("\n") + 1
+    except UnicodeDecodeError:
+        raise _undecodable(path, encoding) from None
+    except pa.ArrowInvalid as error:
+        raise UserError(f"{path}: unreadable CSV near line {line}: {error}".replace("\n", " ")) from None
+
+
+def _integers(column: pa.Array, integral: list[bool]) -> list[int | None]:
+    return [int(value) if ok else None for value, ok in zip(column.to_pylist(), integral, strict=True)]
+
+
+def _line_breaks(column: pa.Array) -> int:
+    """The line breaks in all of a column's values, counted in its data buffer."""
+    _, offsets, data = column.buffers()
+    if data is None or not len(column):
+        return 0
+    bounds = np.frombuffer(offsets, dtype=np.int32)[column.offset : column.offset + len(column) + 1]
+    return data.slice(int(bounds[0]), int(bounds[-1] - bounds[0])).to_pybytes().count(b"\n")
+
+
+def _decoded(column: pa.Array, codec: str, errors: str) -> list[str]:
+    """A column of bytes as text: UTF-8 is checked in one pass by Arrow; a column with other bytes (or
+    another codec) is decoded value by value."""
+    if codec == "utf-8":
+        try:
+            return column.cast(pa.string()).to_pylist()
+        except pa.ArrowInvalid:
+            pass
+    return [value.decode(codec, errors) for value in column.to_pylist()]
+
+
+def _header(path: Path, required: tuple[str, ...], encoding: str) -> list[str]:
+    """The column names, checked for the required ones."""
     if not path.is_file():
         raise UserError(f"Stack Overflow file not found: {path}")
     codec, errors = ("utf-8", FALLBACK_ERRORS) if encoding == "auto" else (encoding, "strict")
-    line = 1
-    try:
-        with path.open(encoding=codec, errors=errors, newline="") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if header is None:
-                raise UserError(f"{path} is empty: expected a header with columns {', '.join(required)}")
-            missing = [column for column in required if column not in header]
-            if missing:
-                raise UserError(f"{path}: missing column {', '.join(missing)} (header: {', '.join(header)})")
-            line = reader.line_num + 1
-            for row in reader:
-                if len(row) != len(header):
-                    _count_malformed(stats, path, line)
-                else:
-                    yield line, dict(zip(header, row, strict=True))
-                line = reader.line_num + 1
-    except UnicodeDecodeError:
-        raise UserError(
-            f"{path}: not valid {encoding} at line {_first_undecodable_line(path, codec)}; set "
-            "data.stackoverflow.encoding (auto reads UTF-8, and any bytes that are not UTF-8 as cp1252)"
-        ) from None
-    except csv.Error as error:
-        raise UserError(f"{path}: unreadable CSV near line {line}: {error}") from None
+    with path.open(encoding=codec, errors=errors, newline="") as handle:
+        try:
+            header = next(csv.reader(handle), None)
+        except UnicodeDecodeError:  # anywhere in the first block the text reader decoded
+            raise _undecodable(path, encoding) from None
+    if header is None:
+        raise UserError(f"{path} is empty: expected a header with columns {', '.join(required)}")
+    missing = [column for column in required if column not in header]
+    if missing:
+        raise UserError(f"{path}: missing column {', '.join(missing)} (header: {', '.join(header)})")
+    return header
+
+
+def _undecodable(path: Path, encoding: str) -> UserError:
+    return UserError(
+        f"{path}: not valid {encoding} at line {_first_undecodable_line(path, encoding)}; set "
+        "data.stackoverflow.encoding (auto reads UTF-8, and any bytes that are not UTF-8 as cp1252)"
+    )
 
 
 def _first_undecodable_line(path: Path, codec: str) -> int:
@@ -113,13 +218,6 @@ def _count_malformed(stats: ReadStats, path: Path, line: int) -> None:
         first.append(line)
 
 
-def _integer(value: str) -> int | None:
-    try:
-        return int(value)
-    except ValueError:
-        return None
-
-
 def tag_filter(source: StackOverflowSource, stats: ReadStats) -> Callable[[int], bool]:
     """Whether a question's tags pass `include_tags` and `exclude_tags`; Tags.csv is read only for them."""
     include, exclude = {t.lower() for t in source.include_tags}, {t.lower() for t in source.exclude_tags}
@@ -131,11 +229,11 @@ def tag_filter(source: StackOverflowSource, stats: ReadStats) -> Callable[[int],
         )
     included: set[int] = set()
     excluded: set[int] = set()
-    for _, row in read_rows(source.tags, TAG_COLUMNS, source.encoding, stats):
-        question_id, tag = _integer(row["Id"]), row["Tag"].strip().lower()
-        if question_id is not None and tag in include:
+    for question_id, tag in read_rows(source.tags, TAG_COLUMNS, ("Id",), source.encoding, stats):
+        tag = tag.strip().lower()
+        if tag in include:
             included.add(question_id)
-        if question_id is not None and tag in exclude:
+        if tag in exclude:
             excluded.add(question_id)
     return lambda question_id: (not include or question_id in included) and question_id not in excluded
 
@@ -149,15 +247,14 @@ def read_pairs(source: StackOverflowSource, stats: ReadStats) -> Iterator[Pair]:
     """
     # A missing file or column fails now, not after Answers.csv has been read.
     for path, columns in ((source.questions, QUESTION_COLUMNS), (source.answers, ANSWER_COLUMNS)):
-        next(read_rows(path, columns, source.encoding, ReadStats()), None)
+        _header(path, columns, source.encoding)
     keep_tags = tag_filter(source, stats)
     best: dict[int, tuple[int, int, str]] = {}  # question id -> (score, answer id, body) of its best answer
     answer_counts: Counter[int] = Counter()  # question id -> its answers, to count those with no question
-    for line, row in read_rows(source.answers, ANSWER_COLUMNS, source.encoding, stats):
-        answer_id, parent_id, score = _integer(row["Id"]), _integer(row["ParentId"]), _integer(row["Score"])
-        if answer_id is None or parent_id is None or score is None:
-            _count_malformed(stats, source.answers, line)
-            continue
+    integers = ("Id", "ParentId", "Score")
+    for answer_id, parent_id, score, body in read_rows(
+        source.answers, ANSWER_COLUMNS, integers, source.encoding, stats
+    ):
         stats.answers_read += 1
         answer_counts[parent_id] += 1
         if score < source.min_answer_score:
@@ -165,7 +262,7 @@ def read_pairs(source: StackOverflowSource, stats: ReadStats) -> Iterator[Pair]:
             continue
         current = best.get(parent_id)
         if current is None or (score, -answer_id) > (current[0], -current[1]):
-            best[parent_id] = (score, answer_id, row["Body"])
+            best[parent_id] = (score, answer_id, body)
     return _join_questions(source, best, answer_counts, keep_tags, stats)
 
 
@@ -176,11 +273,9 @@ def _join_questions(
     keep_tags: Callable[[int], bool],
     stats: ReadStats,
 ) -> Iterator[Pair]:
-    for line, row in read_rows(source.questions, QUESTION_COLUMNS, source.encoding, stats):
-        question_id, score = _integer(row["Id"]), _integer(row["Score"])
-        if question_id is None or score is None:
-            _count_malformed(stats, source.questions, line)
-            continue
+    for question_id, score, title, body in read_rows(
+        source.questions, QUESTION_COLUMNS, ("Id", "Score"), source.encoding, stats
+    ):
         stats.questions_read += 1
         answer_counts.pop(question_id, None)
         chosen = best.pop(question_id, None)
@@ -192,6 +287,7 @@ def _join_questions(
             stats.unanswered_questions += 1
         else:
             answer_score, answer_id, answer_body = chosen
-            title = html.unescape(row["Title"]).strip()
-            yield Pair(question_id, title, row["Body"], score, answer_id, answer_body, answer_score)
+            yield Pair(
+                question_id, html.unescape(title).strip(), body, score, answer_id, answer_body, answer_score
+            )
     stats.orphan_answers = sum(answer_counts.values())

@@ -7,6 +7,7 @@ import pytest
 
 from core.config import StackOverflowSource, load_config
 from core.errors import UserError
+from data_prep import stackoverflow
 from data_prep.stackoverflow import ReadStats, read_pairs
 from tests.conftest import SMOKE
 
@@ -133,6 +134,36 @@ def test_malformed_rows_are_counted_with_their_line_numbers(tmp_path):
     assert [p.question_id for p in pairs] == [1, 3]
     assert stats.malformed_rows == {"Questions.csv": 2}
     assert stats.malformed_first_lines == {"Questions.csv": [3, 6]}
+
+
+@pytest.mark.parametrize("block_bytes", [1 << 20, 96])  # one block; a block every row or two
+def test_line_numbers_count_the_line_breaks_of_every_row_before(tmp_path, monkeypatch, block_bytes):
+    monkeypatch.setattr(stackoverflow, "CSV_BLOCK_BYTES", block_bytes)
+    src = source(
+        tmp_path,
+        [
+            question(1, title="a\ntitle", body="<pre>x\n\ny</pre>"),  # lines 2-5
+            [2, "NA", "a\nmalformed\nrow"],  # lines 6-8
+            question("NA"),  # line 9
+            question(4, body="<p>a\n\nb</p>"),  # lines 10-12
+            [5, "NA"],  # line 13
+            [6, "NA", "d\ne"],  # lines 14-15
+            question(7, body="<p>a\nb</p>"),  # lines 16-17
+            ["x", "NA", "d", 1, "t", "b"],  # line 18
+            *[question(qid, body="<p>a\nb</p>") for qid in (9, 10, 11, 12)],  # lines 19-26
+            [13],  # line 27
+        ],
+        [answer(10, 1), answer(40, 4), answer(70, 7), answer(90, 9)],
+    )
+    stats = ReadStats()
+    assert [p.question_id for p in read_pairs(src, stats)] == [1, 4, 7, 9]
+    assert stats.malformed_first_lines == {"Questions.csv": [6, 9, 13, 14, 18, 27]}
+
+
+def test_a_utf16_file_is_transcoded(tmp_path):
+    src = source(tmp_path, [question(1, title="Łódź, 咖啡")], [answer(5, 1)], encoding="utf-16")
+    (pair,) = read_pairs(src.model_copy(update={"encoding": "utf-16"}), ReadStats())
+    assert pair.title == "Łódź, 咖啡"
 
 
 def test_missing_column_names_the_file_and_the_column(tmp_path):
