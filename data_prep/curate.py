@@ -21,6 +21,7 @@ import random
 import threading
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from itertools import accumulate, chain, islice
@@ -196,12 +197,10 @@ class RowsFile:
         return texts
 
 
-def count_tokens_of(rows: RowsFile, indices: list[int], imap: Callable) -> Iterator[int]:
-    """The token counts of these rows, in order. With worker processes the counting starts at once and
-    the counts arrive as the iterator is consumed."""
+def count_tokens_of(rows: RowsFile, indices: list[int], imap: Callable) -> list[int]:
     texts = rows.texts(indices)
     chunks = [texts[start : start + BATCH_SIZE] for start in range(0, len(texts), BATCH_SIZE)]
-    return chain.from_iterable(imap(_count, chunks))
+    return [count for counts in imap(_count, chunks) for count in counts]
 
 
 def choose_rows(
@@ -293,13 +292,16 @@ def curate(config: Config, count_tokens: TokenCounter, folder: Path) -> Curation
         chosen, lengths = choose_rows(config, sources, rows, imap, stats)
         check_nothing_emptied(stats)
         shuffled = shuffle_and_split(config, chosen, stats)
-        # Nothing needed the counts: the workers count a seeded sample for the statistics while this
-        # process writes the dataset.
-        counted = iter(lengths) if lengths else count_tokens_of(rows, shuffled[:TOKEN_SAMPLE], imap)
+    # The workers are gone before the dataset is written (their memory with it). When nothing needed the
+    # counts, a thread counts a seeded sample for the statistics meanwhile (the tokenizer drops the GIL).
+    sample = [] if lengths else rows.texts(shuffled[:TOKEN_SAMPLE])
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        counted = thread.submit(count_tokens, sample)
         validation, train = shuffled[: stats.validation_rows], shuffled[stats.validation_rows :]
         splits = {"train": rows.dataset.select(train), "validation": rows.dataset.select(validation)}
         DatasetDict(splits).save_to_disk(str(folder / "data"))
-        stats.token_lengths = token_lengths(list(counted), len(shuffled), config.train.max_length)
+    lengths = lengths or counted.result()
+    stats.token_lengths = token_lengths(lengths, len(shuffled), config.train.max_length)
     stats.read = {source: asdict(read) for source, read in stats.read.items()}
     rows_file.unlink()
     return stats

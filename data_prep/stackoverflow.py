@@ -29,7 +29,7 @@ ANSWER_COLUMNS = ("Id", "ParentId", "Score", "Body")
 TAG_COLUMNS = ("Id", "Tag")
 FALLBACK_ERRORS = "utf8-else-cp1252"
 INTEGER = r"^[+-]?[0-9]+$"  # what Python's int() reads, less the spaces and underscores
-CSV_BLOCK_BYTES = 8 << 20  # what the reader parses at a time: memory stays bounded by it
+CSV_BLOCK_BYTES = 2 << 20  # what the reader parses at a time: memory stays bounded by it
 
 
 def _decode_as_cp1252(error: UnicodeDecodeError) -> tuple[str, int]:
