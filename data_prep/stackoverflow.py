@@ -67,7 +67,7 @@ class ReadStats:
 
 def read_rows(
     path: Path, required: tuple[str, ...], integers: tuple[str, ...], encoding: str, stats: ReadStats
-) -> Iterator[list[Any]]:
+) -> Iterator[tuple[Any, ...]]:
     """Stream a CSV's rows as the values of the required columns, in that order, those of `integers` as
     ints. A row with a wrong field count, or with a value of an integer column that is not an integer
     (`NA`), is malformed: counted with its first line, and skipped.
@@ -77,34 +77,9 @@ def read_rows(
     ours. The reader numbers rows, not lines, so a malformed row's line is counted from the rows and the
     line breaks inside the fields before it."""
     header = _header(path, required, encoding)
-    if encoding == "auto":
-        codec, errors, transcode = "utf-8", FALLBACK_ERRORS, "utf8"
-    elif ',"\r\n'.encode(encoding) == b',"\r\n':  # the CSV's syntax reads the same: decode fields here
-        codec, errors, transcode = encoding, "strict", "utf8"
-    else:  # UTF-16 and the like: the reader transcodes to UTF-8 first
-        codec, errors, transcode = "utf-8", "strict", encoding
+    codec, errors, transcode = _decoding(encoding)
     invalid: deque[tuple[int, str]] = deque()  # (row number, the header's being 1; its text)
-
-    def skip_invalid(row: pa_csv.InvalidRow) -> str:
-        invalid.append((row.number, row.text))
-        return "skip"
-
-    reader = pa_csv.open_csv(
-        path,
-        read_options=pa_csv.ReadOptions(
-            use_threads=False,
-            block_size=CSV_BLOCK_BYTES,
-            skip_rows=1,
-            column_names=header,
-            encoding=transcode,
-        ),
-        parse_options=pa_csv.ParseOptions(newlines_in_values=True, invalid_row_handler=skip_invalid),
-        convert_options=pa_csv.ConvertOptions(
-            column_types=dict.fromkeys(header, pa.binary()),
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-        ),
-    )
+    reader = _open_reader(path, header, transcode, invalid.append)
     number, line = 2, 2  # the next row's number and first line
     try:
         for batch in reader:
@@ -133,7 +108,7 @@ def read_rows(
                     line += invalid.popleft()[1].count("\n") + 1
                     number += 1
                 if is_integral:
-                    yield row
+                    yield tuple(row)
                 else:
                     _count_malformed(stats, path, line)
                 line += row_breaks + 1
@@ -145,6 +120,43 @@ def read_rows(
         raise _undecodable(path, encoding) from None
     except pa.ArrowInvalid as error:
         raise UserError(f"{path}: unreadable CSV near line {line}: {error}".replace("\n", " ")) from None
+
+
+def _decoding(encoding: str) -> tuple[str, str, str]:
+    """(codec, errors) for the fields' bytes, and the encoding the reader transcodes from first."""
+    if encoding == "auto":
+        return "utf-8", FALLBACK_ERRORS, "utf8"
+    if ',"\r\n'.encode(encoding) == b',"\r\n':  # the CSV's syntax reads the same: decode the fields only
+        return encoding, "strict", "utf8"
+    return "utf-8", "strict", encoding  # UTF-16 and the like: the reader transcodes to UTF-8 first
+
+
+def _open_reader(
+    path: Path, header: list[str], transcode: str, on_invalid: Callable[[tuple[int, str]], None]
+) -> pa_csv.CSVStreamingReader:
+    """pyarrow's streaming reader over the rows after the header, every field as bytes; a row with a
+    wrong field count is skipped and handed to `on_invalid` as (its row number, its text)."""
+
+    def skip_invalid(row: pa_csv.InvalidRow) -> str:
+        on_invalid((row.number, row.text))
+        return "skip"
+
+    return pa_csv.open_csv(
+        path,
+        read_options=pa_csv.ReadOptions(
+            use_threads=False,
+            block_size=CSV_BLOCK_BYTES,
+            skip_rows=1,
+            column_names=header,
+            encoding=transcode,
+        ),
+        parse_options=pa_csv.ParseOptions(newlines_in_values=True, invalid_row_handler=skip_invalid),
+        convert_options=pa_csv.ConvertOptions(
+            column_types=dict.fromkeys(header, pa.binary()),
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
 
 
 def _integers(column: pa.Array, integral: list[bool]) -> list[int | None]:
