@@ -139,7 +139,7 @@ def load_token_counter(config: Config) -> TokenCounter:
     """The run's tokenizer as training loads it, by AutoTokenizer, of which only the backend is kept.
     The embedded base's tokenizer.json is exactly that backend (a test checks it), so it is read directly,
     sparing this process transformers and torch (4 s and 250 MB)."""
-    from fine_tune.base import resolve_base
+    from core.model import resolve_base
 
     model = resolve_base(config)
     if config.model.name_or_path == "embedded":

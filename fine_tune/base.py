@@ -10,19 +10,17 @@ source) so that "base" is a language model, not noise. The result is cached unde
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
 import random
-import sys
 import sysconfig
 import tempfile
 from pathlib import Path
 
 from core.cli import run_stage, stage_parser
 from core.config import Config, EmbeddedBaseConfig
-from core.errors import UserError
+from core.model import embedded_base_dir
 from core.prompts import LLAMA2_CHAT_TEMPLATE
 from core.runs import atomic_dir
 
@@ -30,30 +28,9 @@ log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
 BYTE_TOKENS = [f"<0x{value:02X}>" for value in range(256)]
-# Part of the cache key: bump it whenever the recipe below changes what a spec builds.
-RECIPE_VERSION = 2
 # Chunks BPE may merge within: indentation (a run of spaces, less the one that opens the next word),
 # a word with its opening space, a run of newlines. Indentation becomes a few tokens, not one per space.
 PRE_TOKENIZER_PATTERN = r"▁+(?=▁)|▁?[^▁\n]+|▁+|\n+"
-
-
-def embedded_base_dir(spec: EmbeddedBaseConfig) -> Path:
-    """The cache folder of the base this spec builds; the stdlib it learns from is part of the key."""
-    fields = spec.model_dump(mode="json", exclude={"cache_dir"})
-    fields["python"] = sys.version_info[:2]
-    fields["recipe"] = RECIPE_VERSION
-    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
-    return spec.cache_dir / f"llama-{spec.hidden_size}h{spec.num_layers}l-{key}"
-
-
-def resolve_base(config: Config) -> str:
-    """The base model's local folder or Hub id; the embedded base must have been built."""
-    if config.model.name_or_path != "embedded":
-        return config.model.name_or_path
-    path = embedded_base_dir(config.model.embedded)
-    if not (path / "config.json").is_file():
-        raise UserError(f"embedded base model not built at {path}: run `make base` first")
-    return str(path)
 
 
 def stdlib_corpus(megabytes: float) -> list[str]:

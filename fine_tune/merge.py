@@ -25,8 +25,8 @@ import torch
 from core.cli import run_stage, stage_parser
 from core.config import Config
 from core.errors import UserError
+from core.model import load_tokenizer, resolve_base
 from core.runs import RunPaths, atomic_dir, require, write_json_atomic
-from fine_tune.base import resolve_base
 from fine_tune.card import base_hub_id, model_card
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,6 @@ def refuse_quantized_base(base: str, revision: str | None) -> None:
 def main(config: Config, args: argparse.Namespace) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-
-    from fine_tune.train import load_tokenizer
 
     paths = RunPaths.of(config)
     adapter = require(paths.adapter / "adapter_config.json", "trained adapter", "make train").parent

@@ -23,8 +23,8 @@ from core.cli import run_stage
 from core.config import Config
 from core.errors import UserError
 from core.hub import configure_client, failure_reason, push_parser, push_target, with_retries
+from core.model import resolve_base
 from core.runs import RunPaths, require
-from fine_tune.base import resolve_base
 from fine_tune.card import base_hub_id, model_card
 
 log = logging.getLogger(__name__)

@@ -9,73 +9,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from core.cli import run_stage, stage_parser
 from core.config import Config
 from core.errors import UserError
-from core.prompts import LLAMA2_CHAT_TEMPLATE
+from core.model import compute_dtype, device_map, load_tokenizer, quantization_config, resolve_base
 from core.runs import RunPaths, atomic_dir, require, write_json_atomic
-from fine_tune.base import resolve_base
 from fine_tune.report import batch_statistics, peak_cuda_mb, peak_rss_mb, plot_loss_curve
 
 log = logging.getLogger(__name__)
-
-
-def compute_dtype(config: Config) -> torch.dtype:
-    """bf16 where the GPU supports it, else fp16; float32 on a CPU (unless the profile names one)."""
-    if config.quant.compute_dtype != "auto":
-        return getattr(torch, config.quant.compute_dtype)
-    if not torch.cuda.is_available():
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def device_map() -> dict[str, Any] | None:
-    """The whole model on this process's device: one process per GPU under accelerate/torchrun.
-
-    Under FSDP the model is loaded without a device map and sharded by the launcher."""
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        return None
-    if torch.cuda.is_available():
-        return {"": int(os.environ.get("LOCAL_RANK", 0))}
-    return {"": "cpu"}
-
-
-def load_tokenizer(path: str, revision: str | None = None):
-    """The base's tokenizer with a training pad token that is never EOS (Llama-2 has no pad token).
-
-    `unk` is used, as Llama-2 recipes do, so the embeddings never need resizing under QLoRA and the
-    real EOS at the end of every completion keeps its label.
-    """
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        if tokenizer.unk_token is None or tokenizer.unk_token_id == tokenizer.eos_token_id:
-            raise UserError(f"tokenizer of {path} has neither a pad nor an unk token to pad with")
-        tokenizer.pad_token = tokenizer.unk_token
-    tokenizer.padding_side = "right"
-    tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE  # the format trained here travels with the adapter
-    return tokenizer
-
-
-def quantization_config(config: Config):
-    """The bitsandbytes 4-bit settings of `quant.*` (used by training, and by inference on request)."""
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=config.quant.quant_type,
-        bnb_4bit_use_double_quant=config.quant.double_quant,
-        bnb_4bit_compute_dtype=compute_dtype(config),
-        bnb_4bit_quant_storage=getattr(torch, config.quant.quant_storage),
-    )
 
 
 def load_quantized_model(config: Config, base: str):

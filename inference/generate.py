@@ -11,8 +11,8 @@ import torch
 
 from core.config import Config, InferenceConfig
 from core.errors import UserError
+from core.model import load_tokenizer, model_dtype, quantization_config, resolve_base
 from core.runs import RunPaths
-from fine_tune.base import resolve_base
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -64,24 +64,16 @@ def resolve_model(config: Config, name: str) -> ModelSource:
     )
 
 
-def inference_dtype() -> torch.dtype:
-    if not torch.cuda.is_available():
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def load_model(source: ModelSource, config: Config):
     """The model in eval mode and its tokenizer, set for batched generation (left padding, a pad != EOS).
 
     With `inference.load_in_4bit` the weights are quantized on load as `quant.*` says (NF4 by default),
     so that a 7B model answers on a small GPU; bitsandbytes also runs it on a CPU, slowly.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from fine_tune.train import quantization_config
+    from transformers import AutoModelForCausalLM
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    options: dict[str, Any] = {"dtype": inference_dtype(), "device_map": {"": device}}
+    options: dict[str, Any] = {"dtype": model_dtype(), "device_map": {"": device}}
     if config.inference.load_in_4bit:
         options["quantization_config"] = quantization_config(config)
     if source.is_adapter:
@@ -90,10 +82,7 @@ def load_model(source: ModelSource, config: Config):
         model = AutoPeftModelForCausalLM.from_pretrained(source.path, **options)
     else:
         model = AutoModelForCausalLM.from_pretrained(source.path, **options)
-    tokenizer = AutoTokenizer.from_pretrained(source.path)
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        tokenizer.pad_token = tokenizer.unk_token
-    tokenizer.padding_side = "left"
+    tokenizer = load_tokenizer(source.path, padding_side="left")
     return model.eval(), tokenizer
 
 

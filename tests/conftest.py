@@ -31,7 +31,8 @@ def smoke_config(tmp: Path, *overrides: str) -> Config:
 @pytest.fixture(scope="session")
 def smoke_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The smoke profile's embedded base, built once per session."""
-    from fine_tune.base import build_base, embedded_base_dir
+    from core.model import embedded_base_dir
+    from fine_tune.base import build_base
 
     root = tmp_path_factory.mktemp("smoke")
     spec = smoke_config(root).model.embedded
@@ -42,7 +43,7 @@ def smoke_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_tokenizer(smoke_base_dir: Path):
-    from fine_tune.train import load_tokenizer
+    from core.model import load_tokenizer
 
     return load_tokenizer(str(smoke_base_dir))
 

@@ -1,0 +1,109 @@
+"""What a base model is, for every stage: where it lives, its tokenizer and pad rule, its dtype, how it is
+quantized and on which device it sits. Stages import this module; none imports another stage's code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.config import Config, EmbeddedBaseConfig
+from core.errors import UserError
+from core.prompts import LLAMA2_CHAT_TEMPLATE
+
+if TYPE_CHECKING:  # torch is imported where it is used: curation resolves the base without it
+    import torch
+
+# Part of the embedded base's cache key: bump it whenever fine_tune/base.py's recipe changes what a spec
+# builds.
+EMBEDDED_RECIPE_VERSION = 2
+
+
+def embedded_base_dir(spec: EmbeddedBaseConfig) -> Path:
+    """The cache folder of the base this spec builds; the stdlib it learns from is part of the key.
+
+    Absolute, so that an adapter trained on it names a base that loads from any working directory."""
+    fields = spec.model_dump(mode="json", exclude={"cache_dir"})
+    fields["python"] = sys.version_info[:2]
+    fields["recipe"] = EMBEDDED_RECIPE_VERSION
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+    return spec.cache_dir.resolve() / f"llama-{spec.hidden_size}h{spec.num_layers}l-{key}"
+
+
+def resolve_base(config: Config) -> str:
+    """The base model's local folder (absolute) or Hub id; the embedded base must have been built."""
+    name = config.model.name_or_path
+    if name != "embedded":
+        local = Path(name).expanduser()
+        return str(local.resolve()) if local.exists() else name
+    path = embedded_base_dir(config.model.embedded)
+    if not (path / "config.json").is_file():
+        raise UserError(f"embedded base model not built at {path}: run `make base` first")
+    return str(path)
+
+
+def model_dtype(choice: str = "auto") -> torch.dtype:
+    """The dtype a model computes in: bf16 where the GPU supports it, else fp16; float32 on a CPU, unless
+    `choice` names one."""
+    import torch
+
+    if choice != "auto":
+        return getattr(torch, choice)
+    if not torch.cuda.is_available():
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def compute_dtype(config: Config) -> torch.dtype:
+    """The run's compute dtype (`quant.compute_dtype`)."""
+    return model_dtype(config.quant.compute_dtype)
+
+
+def device_map() -> dict[str, Any] | None:
+    """The whole model on this process's device: one process per GPU under accelerate/torchrun.
+
+    Under FSDP the model is loaded without a device map and sharded by the launcher."""
+    import torch
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return None
+    if torch.cuda.is_available():
+        return {"": int(os.environ.get("LOCAL_RANK", 0))}
+    return {"": "cpu"}
+
+
+def load_tokenizer(path: str, revision: str | None = None, padding_side: str = "right"):
+    """The tokenizer with a pad token that is never EOS (Llama-2 has no pad token), and the chat template.
+
+    `unk` is used, as Llama-2 recipes do, so the embeddings never need resizing under QLoRA and the real
+    EOS at the end of every completion keeps its label. Training pads on the right; batched generation on
+    the left, so that every prompt ends where its answer starts.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        if tokenizer.unk_token is None or tokenizer.unk_token_id == tokenizer.eos_token_id:
+            raise UserError(f"tokenizer of {path} has neither a pad nor an unk token to pad with")
+        tokenizer.pad_token = tokenizer.unk_token
+    tokenizer.padding_side = padding_side
+    tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE  # the format trained here travels with the model
+    return tokenizer
+
+
+def quantization_config(config: Config):
+    """The bitsandbytes 4-bit settings of `quant.*` (used by training, and by inference on request)."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=config.quant.quant_type,
+        bnb_4bit_use_double_quant=config.quant.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype(config),
+        bnb_4bit_quant_storage=getattr(torch, config.quant.quant_storage),
+    )
