@@ -1,9 +1,10 @@
-"""The command line every stage shares: `--config PROFILE --set a.b=c ...`, one-line errors."""
+"""Every stage's command line: `--config PROFILE --set a.b=c --sets "d.e=f g.h='i j'"`; one-line errors."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from collections.abc import Callable
 
@@ -24,14 +25,36 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
         metavar="SECTION.FIELD=VALUE",
         help="override a config field; repeatable",
     )
+    parser.add_argument(
+        "--sets",
+        dest="overrides",
+        action=SplitOverrides,
+        metavar="\"A.B=X C.D='Y Z'\"",
+        help="overrides as one shell-quoted list (what make's SET= passes); applied in order with --set",
+    )
     return parser
+
+
+class SplitOverrides(argparse.Action):
+    """Extends the overrides with a list split by POSIX shell rules: make passes SET as one argument, as
+    typed, so that neither make nor a shell re-parses it, and a value may hold quoted spaces."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        try:
+            overrides = shlex.split(values)
+        except ValueError as error:
+            raise UserError(
+                f"bad override list {values!r} (SET= or --sets): {str(error).lower()}; "
+                "quote a value with spaces as a shell does: a.b='x y'"
+            ) from None
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), *overrides])
 
 
 def run_stage(main: Callable[[Config, argparse.Namespace], None], parser: argparse.ArgumentParser) -> None:
     """Parse the command line, load the config and run `main`; a UserError becomes one line and exit 1."""
-    args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        args = parser.parse_args()  # --sets can raise a UserError
         config = load_config(args.config, args.overrides)
         main(config, args)
     except UserError as error:

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from core.cli import stage_parser
 from core.config import DEFAULT_SYSTEM_PROMPT, apply_overrides, load_config
 from core.errors import UserError
 
@@ -57,6 +58,18 @@ def test_malformed_override_and_missing_file():
         load_config(CONFIGS / "tiny.yaml", ["train.max_steps"])
     with pytest.raises(UserError, match="config file not found"):
         load_config(CONFIGS / "nope.yaml")
+
+
+def test_sets_splits_by_shell_rules_in_order_with_set():
+    listed = "c.d=2 data.system_prompt='You are a helpful assistant'"
+    args = stage_parser("test").parse_args(["--set", "a.b=1", "--sets", listed, "--set=e.f=3", "--sets="])
+    assert args.overrides == ["a.b=1", "c.d=2", "data.system_prompt=You are a helpful assistant", "e.f=3"]
+
+
+def test_sets_with_an_unbalanced_quote_is_one_line():
+    with pytest.raises(UserError, match="no closing quotation") as error:
+        stage_parser("test").parse_args(["--sets", "a.b='x\ny"])
+    assert "\n" not in str(error.value)
 
 
 def test_embedded_sizes_must_suit_the_cpu_4bit_kernel():
