@@ -1,5 +1,10 @@
-# QLoRA fine-tuning pipeline. Every target takes CONFIG=<profile> (default configs/tiny.yaml) and
-# SET="section.field=value ..." overrides; each is one command you could also type yourself.
+# QLoRA fine-tuning pipeline; each target is one command you could also type yourself.
+# The `## ` lines are what `make help` prints: the header here, then each target's.
+## usage: make TARGET [NAME=value ...]; each value reaches the program exactly as your shell passes it
+##   CONFIG=path        the run profile (default configs/tiny.yaml)
+##   SET='a.b=1 c.d=2'  config overrides separated by spaces; quote a value that has spaces as in a shell:
+##                      SET="train.max_steps=50 data.system_prompt='You are a helpful assistant'"
+## targets:
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 .NOTPARALLEL:
@@ -16,12 +21,21 @@ HUB_REPO ?=
 BENCH ?=
 NPROC ?= 1
 ACCELERATE_CONFIG ?=
-ARGS = --config $(CONFIG) $(foreach override,$(SET),--set $(override))
+# A value typed after `make` holds anything: spaces, quotes, `$`, backticks, `;`, newlines. Make would
+# expand its `$` (even run a $(shell ...) in it) and a shell would re-parse it once written into a
+# recipe. So each becomes a simple variable holding the raw text and is exported: recipes read it only
+# as "$$NAME", and make only tests whether it is empty or 1.
+USER_VARIABLES := PYTHON CONFIG SET MODEL PROMPT PROMPTS_FILE HUB_REPO BENCH NPROC ACCELERATE_CONFIG
+$(foreach name,$(USER_VARIABLES),$(eval override $(name) := $$(value $(name))))
+export $(USER_VARIABLES)
+# `--option=value`, so that a value starting with `-` is not taken for an option; SET goes whole to
+# --sets, which splits it by shell rules.
+ARGS = --config="$$CONFIG" --sets="$$SET"
 STAGE = $(PY) -m $(1) $(ARGS)
 # Training on several processes: torchrun (CPU or GPU), or `accelerate launch` with ACCELERATE_CONFIG.
-TRAIN_LAUNCH = $(if $(ACCELERATE_CONFIG),$(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) \
-	--num_processes $(NPROC) -m,$(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone \
-	--nproc_per_node $(NPROC) -m,$(PY) -m))
+TRAIN_LAUNCH = $(if $(ACCELERATE_CONFIG),$(VENV)/bin/accelerate launch --config_file="$$ACCELERATE_CONFIG" \
+	--num_processes="$$NPROC" -m,$(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone \
+	--nproc_per_node="$$NPROC" -m,$(PY) -m))
 
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -30,10 +44,11 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 	clean distclean
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^## / {print substr($$0, 4)} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' \
+		$(MAKEFILE_LIST)
 
 $(VENV)/.installed: requirements.txt pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	"$$PYTHON" -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
@@ -54,31 +69,32 @@ merge: install ## merge the adapter into a 16-bit base: runs/<run>/merged
 	$(call STAGE,fine_tune.merge)
 
 push: install ## push the adapter (and merged model with hub.push_merged) to HUB_REPO or hub.model_repo
-	$(call STAGE,fine_tune.push) $(if $(HUB_REPO),--set hub.model_repo=$(HUB_REPO))
+	$(call STAGE,fine_tune.push) $(if $(HUB_REPO),--set="hub.model_repo=$$HUB_REPO")
 
 push-data: install ## push the curated dataset and its card to HUB_REPO or hub.dataset_repo
-	$(call STAGE,data_prep.push) $(if $(HUB_REPO),--set hub.dataset_repo=$(HUB_REPO))
+	$(call STAGE,data_prep.push) $(if $(HUB_REPO),--set="hub.dataset_repo=$$HUB_REPO")
 
 push-if-configured: install
-	$(call STAGE,fine_tune.push) $(if $(HUB_REPO),--set hub.model_repo=$(HUB_REPO)) --if-configured
+	$(call STAGE,fine_tune.push) $(if $(HUB_REPO),--set="hub.model_repo=$$HUB_REPO") --if-configured
 	$(call STAGE,data_prep.push) --if-configured
 
 infer: install ## answer PROMPT="..." (streamed) or PROMPTS_FILE=path with MODEL=new_model|base|<path>|<hub id>
-	$(call STAGE,inference) --model "$(MODEL)" --prompt "$(PROMPT)" $(if $(PROMPTS_FILE),--prompts-file "$(PROMPTS_FILE)")
+	$(call STAGE,inference) --model="$$MODEL" --prompt="$$PROMPT" $(if $(PROMPTS_FILE),--prompts-file="$$PROMPTS_FILE")
 
 chat: install ## chat with MODEL (multi-turn); /base and /tuned switch model, /clear, /quit
-	$(call STAGE,inference.chat) --model "$(MODEL)"
+	$(call STAGE,inference.chat) --model="$$MODEL"
 
 compare: install ## base vs MODEL (default new_model), with numbers: runs/<run>/reports/compare.{md,html,json}
-	$(call STAGE,inference.compare) --model "$(MODEL)"
+	$(call STAGE,inference.compare) --model="$$MODEL"
 
 all: install base data train merge compare push-if-configured ## every stage, end to end
 
 test: install ## run the test suite (unit, ML-correctness and end-to-end on the smoke profile)
 	$(PY) -m pytest
 
+# BENCH is a list of names: split on spaces, never globbed.
 bench: install ## benchmarks against seed-style baselines (BENCH=name for one): runs/bench/results.json
-	$(PY) -m benchmarks $(BENCH)
+	set -f; $(PY) -m benchmarks $$BENCH
 
 lint: install ## ruff
 	$(PY) -m ruff check .
