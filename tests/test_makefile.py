@@ -186,8 +186,9 @@ def test_a_config_path_with_spaces_is_read_and_hub_repo_validated(tmp_path):
 def test_set_splits_by_shell_rules_and_keeps_each_value_whole(tmp_path):
     # On one line: an override's value is read as YAML, where a bare line break is a syntax error.
     value = hostile(tmp_path).replace("\n\t", " ")
-    # run.name is a value in the profile, so the stage refuses this override by quoting it whole.
-    overrides = shlex.join(['data.system_prompt="You are a helpful assistant"', f"run.name.x={value}"])
+    # Split on spaces, `are` would be refused first; run.name is a value in the profile, so the stage
+    # refuses the second override by quoting it whole.
+    overrides = f'data.system_prompt="You are a helpful assistant" {shlex.quote("run.name.x=" + value)}'
     result = make("data", f"SET={overrides}")
     assert result.returncode == 2
     message = f"error: bad override {'run.name.x=' + value!r}: name is a value, not a section"
@@ -195,7 +196,7 @@ def test_set_splits_by_shell_rules_and_keeps_each_value_whole(tmp_path):
     nothing_ran(tmp_path)
 
 
-def test_an_unbalanced_quote_in_set_is_one_line(tmp_path):
+def test_an_unbalanced_quote_in_set_is_one_line():
     result = make("data", "SET=data.system_prompt='You are")
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if not line.startswith("make: ***")]
