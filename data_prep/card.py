@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from core.config import Config, StackOverflowSource
-from data_prep.curate import DUPLICATE, TOO_LONG, CurationStats
-from data_prep.rows import EMPTY, NO_CODE_BLOCK
+from data_prep.curate import CurationStats
+from data_prep.rules import TOO_LONG, rule_descriptions
 
 STACKOVERFLOW_ATTRIBUTION = (
     "Stack Overflow content is licensed under CC-BY-SA 3.0 "
@@ -12,16 +12,6 @@ STACKOVERFLOW_ATTRIBUTION = (
     'authors, from the Kaggle dump "Python Questions from Stack Overflow". Each row\'s `source_id` is the '
     "question's Stack Overflow Id (https://stackoverflow.com/q/<id>)."
 )
-
-
-def rule_descriptions(config: Config) -> dict[str, str]:
-    return {
-        EMPTY: "the question or the answer is empty once converted to Markdown",
-        NO_CODE_BLOCK: "the answer has no fenced code block with code in it; on with data.require_code_block",
-        TOO_LONG: f"BOS + prompt + completion + EOS is over {config.train.max_length} tokens of the run's "
-        "tokenizer; on with `data.too_long: drop`",
-        DUPLICATE: "the question's text, whitespace collapsed and case folded, was already kept",
-    }
 
 
 def _first(positions: list[int]) -> str:

@@ -34,8 +34,6 @@ from core.config import Config
 from core.errors import UserError
 from data_prep import alpaca, stackoverflow
 from data_prep.rows import (
-    EMPTY,
-    NO_CODE_BLOCK,
     ROW_SCHEMA,
     Example,
     PreparedBatch,
@@ -43,9 +41,8 @@ from data_prep.rows import (
     TokenCounter,
     prepare_batch,
 )
+from data_prep.rules import DUPLICATE, TOO_LONG, active_rules
 
-TOO_LONG = "longer than train.max_length"
-DUPLICATE = "duplicate question"
 BATCH_SIZE = 256
 COUNT_CHUNK = 4096  # rows counted per round while filling a source's limit
 TOKEN_SAMPLE = 2000  # rows whose tokens are counted for the statistics when the length rule is off
@@ -63,17 +60,6 @@ class CurationStats:
     validation_rows: int = 0
     token_lengths: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-
-
-def active_rules(config: Config) -> list[str]:
-    """The rules in the order they apply; each row is counted against the first one it breaks."""
-    rules = [EMPTY]
-    if config.data.require_code_block:
-        rules.append(NO_CODE_BLOCK)
-    rules.append(DUPLICATE)
-    if config.data.too_long == "drop":
-        rules.append(TOO_LONG)
-    return rules
 
 
 def source_examples(config: Config, stats: CurationStats) -> Iterator[Example]:

@@ -18,12 +18,11 @@ from tokenizers import Tokenizer
 from core.errors import UserError
 from core.prompts import render_completion, render_prompt
 from data_prep.html import html_to_markdown
+from data_prep.rules import EMPTY, NO_CODE_BLOCK
 
 if TYPE_CHECKING:
     from core.config import Config
 
-EMPTY = "empty question or answer"
-NO_CODE_BLOCK = "answer without a code block"
 ROW_SCHEMA = pa.schema(
     [
         ("prompt", pa.string()),

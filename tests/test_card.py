@@ -1,8 +1,8 @@
 """The dataset card and the summary `make data` prints, from the statistics of a curation."""
 
 from data_prep.card import dataset_card, summary
-from data_prep.curate import DUPLICATE, TOO_LONG, CurationStats
-from data_prep.rows import EMPTY
+from data_prep.curate import CurationStats
+from data_prep.rules import DUPLICATE, EMPTY, TOO_LONG
 from tests.conftest import smoke_config
 
 STATS = CurationStats(

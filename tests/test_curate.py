@@ -7,8 +7,9 @@ import pytest
 from datasets import load_from_disk
 
 from core.errors import UserError
-from data_prep.curate import DUPLICATE, TOO_LONG, curate
-from data_prep.rows import EMPTY, NO_CODE_BLOCK, TokenCounter, normalized_question
+from data_prep.curate import curate
+from data_prep.rows import TokenCounter, normalized_question
+from data_prep.rules import DUPLICATE, EMPTY, NO_CODE_BLOCK, TOO_LONG
 from tests.conftest import smoke_config
 from tests.test_stackoverflow import ANSWER_HEADER, QUESTION_HEADER, answer, question, write_csv
 

@@ -4,8 +4,6 @@ import pickle
 
 from core.prompts import render_completion, render_prompt
 from data_prep.rows import (
-    EMPTY,
-    NO_CODE_BLOCK,
     Example,
     RowSettings,
     TokenCounter,
@@ -17,6 +15,7 @@ from data_prep.rows import (
     question_key,
     user_and_answer,
 )
+from data_prep.rules import EMPTY, NO_CODE_BLOCK
 from tests.conftest import smoke_config
 
 SETTINGS = RowSettings(system_prompt="Be exact.", require_code_block=False)
