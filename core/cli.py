@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import shlex
 import sys
@@ -10,6 +11,7 @@ from collections.abc import Callable
 
 from core.config import Config, load_config
 from core.errors import UserError
+from core.noise import silence_library_noise
 
 DEFAULT_CONFIG = "configs/tiny.yaml"
 
@@ -53,6 +55,7 @@ class SplitOverrides(argparse.Action):
 def run_stage(main: Callable[[Config, argparse.Namespace], None], parser: argparse.ArgumentParser) -> None:
     """Parse the command line, load the config and run `main`; a UserError becomes one line and exit 1."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    silence_library_noise()
     try:
         args = parser.parse_args()  # --sets can raise a UserError
         config = load_config(args.config, args.overrides)
@@ -63,3 +66,37 @@ def run_stage(main: Callable[[Config, argparse.Namespace], None], parser: argpar
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as error:
+        problem = storage_problem(error)
+        if problem is None:
+            raise  # a bug, not the user's doing: the traceback is for us
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(1)
+
+
+# Errors of the machine's storage that a user fixes (space, permissions, a path that cannot be a folder).
+STORAGE_ERRNOS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "it is a folder, not a file",
+    errno.ENAMETOOLONG: "the name is too long",
+}
+# How libraries that write through their own I/O (safetensors, torch's zip writer) report a full disk.
+DISK_FULL_MESSAGES = ("No space left on device", "StorageFull", "file write failed")
+
+
+def storage_problem(error: BaseException) -> str | None:
+    """One line for a storage failure (disk full, read-only, permissions, a file in the way), or None."""
+    if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
+        where = f" ({error.filename})" if error.filename else ""
+        return (
+            f"{STORAGE_ERRNOS[error.errno]}{where}: fix it and run the stage again; "
+            "nothing was half-written and earlier results are intact"
+        )
+    if any(message in str(error) for message in DISK_FULL_MESSAGES):
+        return "the disk is full: free some space and run the stage again; earlier results are intact"
+    return None

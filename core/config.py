@@ -153,8 +153,17 @@ class MergeConfig(Section):
     )
 
 
-# A Hub repo id as `make push HUB_REPO=...` takes it: namespace/name.
-HUB_REPO_ID = r"^[A-Za-z0-9][\w.-]*/[\w.-]+$"
+# A Hub repo id as `make push HUB_REPO=...` takes it: namespace/name, each part at most 96 characters
+# (the Hub's limit), of letters, digits, `-`, `_` and `.`, the namespace opening with a letter or digit.
+HUB_REPO_ID = r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$"
+# A run's folder name (RunConfig also refuses `.` and `..`, which would leave run.output_dir).
+RUN_NAME = r"^[A-Za-z0-9._-]+$"
+# What each pattern means, for the one-line error a user sees instead of the regular expression.
+PATTERN_MEANINGS = {
+    HUB_REPO_ID: "a Hub repo id, namespace/name: letters, digits, '-', '_' and '.', at most 96 characters "
+    "each side of the '/', the namespace starting with a letter or digit",
+    RUN_NAME: "a folder name of letters, digits, '.', '_' and '-', not '.' or '..'",
+}
 
 
 class HubConfig(Section):
@@ -187,9 +196,16 @@ class InferenceConfig(Section):
 
 
 class RunConfig(Section):
-    name: str = Field("tiny", pattern=r"^[A-Za-z0-9._-]+$")
+    name: str = Field("tiny", pattern=RUN_NAME, description="a folder name under run.output_dir")
     output_dir: Path = Path("runs")
     seed: int = 42
+
+    @field_validator("name")
+    @classmethod
+    def _stays_inside_output_dir(cls, value: str) -> str:
+        if value in {".", ".."}:
+            raise ValueError(f"{value!r} would leave run.output_dir: give the run a name")
+        return value
 
 
 class Config(Section):
@@ -204,13 +220,32 @@ class Config(Section):
     inference: InferenceConfig = InferenceConfig()
 
 
+def parse_value(raw: str) -> Any:
+    """An override's value read as YAML (numbers, booleans, null, `[a, b]` lists), except where YAML would
+    change text a user meant literally: text with a line break, a leading `#` (a YAML comment), a `key: value`
+    shape (a YAML mapping), unquoted text, and anything YAML cannot parse are kept as typed."""
+    text = raw.strip()
+    if not text:
+        return ""
+    if "\n" in raw or text.startswith("#"):
+        return raw
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, dict) and not text.startswith("{"):
+        return raw
+    if isinstance(value, str) and not text.startswith(("'", '"')):
+        return text  # as typed: YAML would drop a ` #...` tail as a comment
+    return value
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b.c=value` -> (["a", "b", "c"], value), the value read as YAML (numbers, booleans, lists, null)."""
+    """`a.b.c=value` -> (["a", "b", "c"], value), the value as `parse_value` reads it."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise UserError(f"bad override {text!r}: expected section.field=value")
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    return key.strip().split("."), value
+    return key.strip().split("."), parse_value(raw)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -243,6 +278,12 @@ def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+def shown(value: Any, limit: int = 60) -> str:
+    """A value as an error message quotes it: in full when short, else its start and its length."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value))} characters)"
+
+
 def describe_validation_error(error: ValidationError, source: str) -> str:
     """One line naming every bad field and what is allowed."""
     problems = []
@@ -251,6 +292,10 @@ def describe_validation_error(error: ValidationError, source: str) -> str:
         if item["type"] == "extra_forbidden":
             allowed = _allowed_fields(Config, item["loc"])
             problems.append(f"{field}: unknown field (allowed: {', '.join(allowed)})")
+        elif item["type"] == "string_pattern_mismatch":
+            pattern = item["ctx"]["pattern"]
+            meaning = PATTERN_MEANINGS.get(pattern, f"text matching {pattern}")
+            problems.append(f"{field}: {shown(item['input'])} is not {meaning}")
         else:
             message = item["msg"].removeprefix("Value error, ")
             problems.append(f"{field}: {message}")

@@ -39,7 +39,11 @@ def resolve_base(config: Config) -> str:
     name = config.model.name_or_path
     if name != "embedded":
         local = Path(name).expanduser()
-        return str(local.resolve()) if local.exists() else name
+        if local.exists():
+            return str(local.resolve())
+        if name.startswith(("/", "./", "../", "~")):
+            raise UserError(f"model.name_or_path: the folder {name} does not exist")
+        return name
     path = embedded_base_dir(config.model.embedded)
     if not (path / "config.json").is_file():
         raise UserError(f"embedded base model not built at {path}: run `make base` first")
@@ -107,3 +111,22 @@ def quantization_config(config: Config):
         bnb_4bit_compute_dtype=compute_dtype(config),
         bnb_4bit_quant_storage=getattr(torch, config.quant.quant_storage),
     )
+
+
+def load_model_config(name_or_path: str, revision: str | None = None):
+    """A model's config.json (the base's, or a merged model's), or one line saying why it cannot be had."""
+    from huggingface_hub import constants
+    from transformers import AutoConfig
+
+    local = Path(name_or_path)
+    if not local.exists() and constants.HF_HUB_OFFLINE:
+        raise UserError(
+            f"{name_or_path} is not a local folder and HF_HUB_OFFLINE is set, so the Hub cannot be asked for "
+            "it: unset HF_HUB_OFFLINE, or give a local model folder"
+        )
+    try:
+        return AutoConfig.from_pretrained(name_or_path, revision=revision)
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        where = f"{local / 'config.json'}" if local.is_dir() else name_or_path
+        raise UserError(f"cannot read the model config of {where}: {reason}") from None

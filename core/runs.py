@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -14,6 +18,10 @@ from typing import Any
 
 from core.config import Config
 from core.errors import UserError
+
+log = logging.getLogger(__name__)
+# What atomic_dir leaves beside `final` while it works: `.<final>.tmp-<pid>-<ns>`, `.<final>.old-<pid>-<ns>`.
+_STAGING = re.compile(r"^\.(?P<final>.+)\.(?:tmp|old)-(?P<pid>\d+)-\d+$")
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,10 @@ class RunPaths:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
 
 def require(path: Path, what: str, how: str) -> Path:
     """Fail with one line when a stage's input artifact is missing."""
@@ -64,6 +76,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """
     created_parent = not final.parent.exists()
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(final)
     staging = final.parent / f".{final.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
     staging.mkdir()
     try:
@@ -78,6 +91,62 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         final.rename(previous)
     staging.rename(final)
     shutil.rmtree(previous, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def remove_stale_staging(final: Path) -> None:
+    """Remove the staging folders of `final` that a killed stage left behind (their process is gone)."""
+    for path in final.parent.glob(f".{final.name}.*-*"):
+        match = _STAGING.match(path.name)
+        if match and match["final"] == final.name and not process_alive(int(match["pid"])):
+            log.info("removing %s, left by an interrupted run", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def run_folder_lock(paths: RunPaths, stage: str) -> Iterator[None]:
+    """Hold the run folder for one stage that writes into it: a second one stops at once, naming the holder.
+
+    An advisory lock (flock) on `<run>/.lock`: the kernel releases it when its process ends, however it
+    ends, so a lock left by a killed stage is simply taken over. Under torchrun only rank 0 takes it.
+    """
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    created = not paths.root.exists()
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with open(paths.lock, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UserError(
+                f"{paths.root} is in use by {holder}: wait for it to finish, or stop it"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"`{stage}` (process {os.getpid()})")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            if created and os.listdir(paths.root) == [paths.lock.name]:
+                paths.lock.unlink()  # a stage that failed before writing anything leaves no run folder
+                paths.root.rmdir()
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

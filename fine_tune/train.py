@@ -8,20 +8,78 @@ run resumes from the newest one; the final adapter is written atomically to runs
 from __future__ import annotations
 
 import argparse
+import difflib
+import json
 import logging
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from core.cli import run_stage, stage_parser
 from core.config import Config
 from core.errors import UserError
-from core.model import compute_dtype, device_map, load_tokenizer, quantization_config, resolve_base
-from core.runs import RunPaths, atomic_dir, require, write_json_atomic
+from core.model import (
+    compute_dtype,
+    device_map,
+    load_model_config,
+    load_tokenizer,
+    quantization_config,
+    resolve_base,
+)
+from core.runs import RunPaths, atomic_dir, require, run_folder_lock, write_json_atomic
 from fine_tune.report import batch_statistics, peak_cuda_mb, peak_rss_mb, plot_loss_curve
+from fine_tune.resume import (
+    FINGERPRINT_FILE,
+    START_OVER,
+    Checkpoint,
+    UnreadableCheckpoint,
+    check_weights,
+    checkpoint_to_resume,
+    read_json,
+    save_fingerprint_callback,
+    training_fingerprint,
+    training_length,
+)
 
 log = logging.getLogger(__name__)
+
+
+def check_before_work(config: Config) -> None:
+    """Fail, before any data or weights are loaded, on what can be checked: the optimizer's name, the base
+    model's config, and that every LoRA target is a linear layer of the base (built on the meta device,
+    which allocates nothing)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+    from transformers.training_args import OptimizerNames
+
+    optimizers = [name.value for name in OptimizerNames]
+    if config.train.optim not in optimizers:
+        close = difflib.get_close_matches(config.train.optim, optimizers, n=3)
+        raise UserError(
+            f"train.optim: unknown optimizer {config.train.optim!r}"
+            + (f" (did you mean {', '.join(close)}?)" if close else f" (one of {', '.join(optimizers)})")
+        )
+    model_config = load_model_config(resolve_base(config), config.model.revision)
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(model_config)
+    linear = sorted(
+        {
+            name.rpartition(".")[2]
+            for name, module in skeleton.named_modules()
+            if isinstance(module, torch.nn.Linear)
+        }
+    )
+    unknown = [name for name in config.lora.target_modules if name not in linear]
+    if unknown:
+        raise UserError(
+            f"lora.target_modules: {', '.join(unknown)} not in the base model "
+            f"(its linear layers: {', '.join(linear)})"
+        )
 
 
 def load_quantized_model(config: Config, base: str):
@@ -74,7 +132,7 @@ def sft_config(config: Config, output_dir: Path):
         bf16=on_gpu and dtype == torch.bfloat16,
         fp16=on_gpu and dtype == torch.float16,
         use_cpu=not on_gpu,
-        gradient_checkpointing=train.gradient_checkpointing,
+        activation_checkpointing=train.gradient_checkpointing,
         max_length=train.max_length,
         packing=train.packing,
         completion_only_loss=train.completion_only_loss,
@@ -96,64 +154,51 @@ def sft_config(config: Config, output_dir: Path):
     )
 
 
-def score_supervised_positions_only() -> None:
-    """Make TRL's fused LM head score only the positions that have a label, on a CPU too.
+@contextmanager
+def score_supervised_positions_only() -> Iterator[None]:
+    """While training runs, make TRL's fused LM head score only the positions that have a label, on a CPU too.
 
-    TRL does so on Triton devices only (elsewhere a varying number of positions would recompile the tiles).
-    Eager CPU training compiles nothing, and for a small model the LM head and its log-softmax over the
-    vocabulary cost as much as the decoder layers: scoring the prompt positions too took 35.1 s for a
-    tiny epoch instead of 25.6 s. The loss and the gradients are the same (a test checks)."""
+    TRL does so on Triton devices only (elsewhere a varying number of positions would recompile the tiles)
+    and has no public switch. Eager CPU training compiles nothing, and for a small model the LM head and
+    its log-softmax over the vocabulary cost as much as the decoder layers: scoring the prompt positions
+    too took 35.1 s for a tiny epoch instead of 25.6 s. The loss and the gradients are the same (a test
+    checks). The library's own function is put back on exit."""
     import trl.trainer.utils as trl_utils
 
     on_triton = getattr(trl_utils, "_use_triton", None)
     if on_triton is None:  # another TRL: training stays correct, only slower on a CPU (a test notices)
         log.warning("this TRL has no trl.trainer.utils._use_triton: the LM head scores every position")
-        return
-    if getattr(on_triton, "scores_supervised_positions_only", False):
+        yield
         return
 
     def compact(device: torch.device) -> bool:
         return device.type == "cpu" or on_triton(device)
 
-    compact.scores_supervised_positions_only = True
     trl_utils._use_triton = compact
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = on_triton
 
 
-def latest_complete_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest checkpoint whose save finished: the trainer writes trainer_state.json last."""
-    complete = [path for path in checkpoints.glob("checkpoint-*") if (path / "trainer_state.json").is_file()]
-    return max(complete, key=lambda path: int(path.name.rpartition("-")[2]), default=None)
-
-
-def checkpoint_to_resume(config: Config, checkpoints: Path) -> str | None:
-    if config.train.resume == "never":
-        return None
-    if config.train.resume == "auto":
-        latest = latest_complete_checkpoint(checkpoints)
-        return str(latest) if latest else None
-    path = Path(config.train.resume)
-    if not (path / "trainer_state.json").is_file():
-        raise UserError(f"train.resume: {path} is not a complete checkpoint (no trainer_state.json)")
-    return str(path)
-
-
-def build_trainer(config: Config, paths: RunPaths):
-    """The SFTTrainer of this run: QLoRA model, curated dataset, callbacks for stopping and TensorBoard."""
+def build_trainer(config: Config, paths: RunPaths, fingerprint: dict[str, Any]):
+    """The SFTTrainer of this run: QLoRA model, curated dataset, callbacks for stopping, TensorBoard and the
+    run's fingerprint in every checkpoint."""
     from datasets import disable_caching, load_from_disk
-    from torch.utils.tensorboard import SummaryWriter
     from transformers import EarlyStoppingCallback, set_seed
     from transformers.integrations import TensorBoardCallback
     from trl import SFTTrainer
 
     # Tokenized copies go to temporary files, never into the curated dataset's folder.
     disable_caching()
-    dataset = load_from_disk(str(require(paths.dataset / "data", "curated dataset", "make data")))
+    dataset = load_from_disk(str(paths.dataset / "data"))
     set_seed(config.run.seed)
     base = resolve_base(config)
     tokenizer = load_tokenizer(base, config.model.revision)
     model = load_quantized_model(config, base)
-    callbacks = [TensorBoardCallback(SummaryWriter(log_dir=str(paths.logs)))]
-    score_supervised_positions_only()
+    tensorboard = TensorBoardCallback()
+    tensorboard.logging_dir = str(paths.logs)  # else the evaluation after training logs to checkpoints/runs
+    callbacks = [tensorboard, save_fingerprint_callback(fingerprint)]
     if config.train.early_stopping_patience and config.train.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.train.early_stopping_patience))
     return SFTTrainer(
@@ -166,38 +211,120 @@ def build_trainer(config: Config, paths: RunPaths):
     )
 
 
+def write_adapter_from_checkpoint(config: Config, checkpoint: Checkpoint, paths: RunPaths) -> None:
+    """The adapter of a run that finished but was stopped before writing it (or whose adapter was damaged):
+    the best checkpoint's adapter when the run keeps the best, else the last one's."""
+    source = checkpoint.path
+    best = checkpoint.best_checkpoint
+    if config.train.load_best_model_at_end and best is not None and best.is_dir():
+        source = best
+    with atomic_dir(paths.adapter) as staging:
+        for name in ("adapter_config.json", "adapter_model.safetensors", FINGERPRINT_FILE):
+            shutil.copy2(source / name, staging / name)
+        load_tokenizer(resolve_base(config), config.model.revision).save_pretrained(staging)
+    log.info("adapter written from %s: %s", source, paths.adapter)
+
+
+def adapter_matches(paths: RunPaths, fingerprint: dict[str, Any]) -> bool:
+    """The adapter folder holds a whole adapter trained on this fingerprint."""
+    try:
+        check_weights(paths.adapter)
+        return read_json(paths.adapter / FINGERPRINT_FILE) == fingerprint
+    except UnreadableCheckpoint:
+        return False
+
+
+def report_summary(report: dict[str, Any]) -> str:
+    """The train report as a few readable lines (the JSON file has everything)."""
+    resumed = f"resumed from step {report['resumed_at_step']}, " if report["resumed_from"] else ""
+    return "\n".join(
+        [
+            f"trained    {report['steps_this_run']} steps in {report['wall_seconds']:.0f} s ({resumed}"
+            f"step {report['steps']} of the run, {report['world_size']} process(es))",
+            f"loss       train {report['final_train_loss']}, validation {report['eval_loss']}",
+            f"speed      {report['tokens_per_second']:,.0f} tokens/s, "
+            f"{report['supervised_tokens_per_second']:,.0f} supervised tokens/s, "
+            f"padding {report['padding_fraction']:.1%}",
+            f"memory     peak RSS {report['peak_rss_mb']:,.0f} MB"
+            + (f", peak CUDA {report['peak_cuda_mb']:,.0f} MB" if report["peak_cuda_mb"] else ""),
+            f"parameters {report['trainable_parameters']:,} trainable of {report['total_parameters']:,}",
+        ]
+    )
+
+
 def main(config: Config, args: argparse.Namespace) -> None:
     paths = RunPaths.of(config)
-    trainer = build_trainer(config, paths)
+    check_before_work(config)
+    with run_folder_lock(paths, "make train"):
+        train(config, paths)
+
+
+def train(config: Config, paths: RunPaths) -> None:
+    require(paths.dataset / "data", "curated dataset", "make data")
+    fingerprint = training_fingerprint(config, paths.dataset / "data")
+    if config.train.resume == "never" and paths.checkpoints.exists():
+        log.info("train.resume=never: deleting the checkpoints in %s to start over", paths.checkpoints)
+        shutil.rmtree(paths.checkpoints)
+    resume = checkpoint_to_resume(config, paths.checkpoints, fingerprint)
+    if resume is not None and resume.stopped and resume.length == training_length(config):
+        if adapter_matches(paths, fingerprint):
+            log.info(
+                "this run is complete (step %d, %s): nothing to train. Raise train.epochs or train.max_steps "
+                "to continue it; train.resume=never starts over",
+                resume.step, paths.adapter,
+            )  # fmt: skip
+            return
+        write_adapter_from_checkpoint(config, resume, paths)
+        return
+
+    trainer = build_trainer(config, paths, fingerprint)
     trainable, total = trainer.model.get_nb_trainable_parameters()
     log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
-    epoch = batch_statistics(trainer.get_train_dataloader())
-    resume_from = checkpoint_to_resume(config, paths.checkpoints)
-    if resume_from:
-        log.info("resuming from %s (train.resume=never starts over)", resume_from)
+    dataloader = trainer.get_train_dataloader()
+    epoch = batch_statistics(dataloader)
+    planned_steps = trainer.set_initial_training_values(trainer.args, dataloader)[-1]
+    if resume is not None:
+        if planned_steps <= resume.step:
+            raise UserError(
+                f"{resume.path} is already at step {resume.step}, and this run's length is {planned_steps} "
+                f"steps: raise train.epochs or train.max_steps to continue it, or {START_OVER}"
+            )
+        log.info(
+            "resuming from %s: step %d of %d%s (train.resume=never starts over)",
+            resume.path, resume.step, planned_steps,
+            "" if resume.length == training_length(config) else ", continuing to the new length",
+        )  # fmt: skip
 
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    wall_seconds = time.perf_counter() - started
-    evaluation = trainer.evaluate()
+    with score_supervised_positions_only():
+        result = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+        wall_seconds = time.perf_counter() - started
+        evaluation = trainer.evaluate()
     if not trainer.is_world_process_zero():
         return
 
     with atomic_dir(paths.adapter) as staging:
         trainer.model.save_pretrained(staging)
         trainer.processing_class.save_pretrained(staging)
-    # The statistics are of this process's share of an epoch; scale them to the whole run.
-    batches_run = trainer.state.global_step * config.train.gradient_accumulation_steps
-    epochs_run = batches_run / epoch["batches_per_epoch"]
-    supervised_tokens = epoch["supervised_tokens_per_epoch"] * trainer.args.world_size * epochs_run
+        (staging / FINGERPRINT_FILE).write_text(json.dumps(fingerprint, indent=2) + "\n")
+    # Figures are of this process's work only: the steps, tokens and time since it started or resumed.
+    # The batch statistics are of this process's share of an epoch; scale them to the world size.
+    resumed_at = resume.step if resume else 0
+    steps_this_run = trainer.state.global_step - resumed_at
+    epochs_this_run = steps_this_run * config.train.gradient_accumulation_steps / epoch["batches_per_epoch"]
+    supervised_tokens = epoch["supervised_tokens_per_epoch"] * trainer.args.world_size * epochs_this_run
+    tokens_this_run = trainer.state.num_input_tokens_seen - (resume.tokens_seen if resume else 0)
     report = {
         "wall_seconds": round(wall_seconds, 2),
         "steps": trainer.state.global_step,
+        "steps_this_run": steps_this_run,
         "world_size": trainer.args.world_size,
-        "resumed_from": resume_from,
+        "resumed_from": str(resume.path) if resume else None,
+        "resumed_at_step": resumed_at,
         "packing": config.train.packing,
         "input_tokens_seen": trainer.state.num_input_tokens_seen,
-        "tokens_per_second": round(trainer.state.num_input_tokens_seen / wall_seconds, 1),
+        "input_tokens_this_run": tokens_this_run,
+        "tokens_per_second": round(tokens_this_run / wall_seconds, 1),
         "supervised_tokens_per_second": round(supervised_tokens / wall_seconds, 1),
         **epoch,
         "peak_rss_mb": peak_rss_mb(),
@@ -210,9 +337,11 @@ def main(config: Config, args: argparse.Namespace) -> None:
     }
     write_json_atomic(paths.reports / "train_report.json", report)
     plot_loss_curve(trainer.state.log_history, paths.reports / "loss_curve.png")
-    summary = {key: value for key, value in report.items() if key != "log_history"}
-    log.info("train report: %s", summary)
-    log.info("adapter: %s; loss curve: %s", paths.adapter, paths.reports / "loss_curve.png")
+    log.info("%s", report_summary(report))
+    log.info(
+        "adapter: %s; report: %s; loss curve: %s",
+        paths.adapter, paths.reports / "train_report.json", paths.reports / "loss_curve.png",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from core.prompts import render_completion, render_prompt
-from fine_tune.train import latest_complete_checkpoint
+from fine_tune.resume import saved_checkpoints
 from tests.conftest import REPO, SMOKE, run_stage, smoke_config
 from tests.test_prompts import EXAMPLES, SYSTEM
 
@@ -78,6 +78,10 @@ def test_sigkill_then_make_train_resumes_to_the_same_end(curated, uninterrupted)
                "--set", f"run.output_dir={run / 'runs'}", "--set", f"model.embedded.cache_dir={run / 'base'}",
                *SHORT_RUN, "--set", "train.max_steps=12"]  # fmt: skip
     checkpoints = run / "runs" / "smoke" / "checkpoints"
+
+    def latest_complete_checkpoint(checkpoints: Path) -> Path | None:
+        return next(iter(saved_checkpoints(checkpoints)), None)
+
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while latest_complete_checkpoint(checkpoints) is None and process.poll() is None:
@@ -109,14 +113,14 @@ def test_train_report_and_its_artifacts(uninterrupted):
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
 
 
-def test_latest_complete_checkpoint_skips_an_unfinished_save(tmp_path):
+def test_saved_checkpoints_are_newest_first_and_skip_an_unfinished_save(tmp_path):
     for step, complete in ((2, True), (10, True), (12, False)):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
         if complete:
             (folder / "trainer_state.json").write_text("{}")
-    assert latest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
-    assert latest_complete_checkpoint(tmp_path / "missing") is None
+    assert saved_checkpoints(tmp_path) == [tmp_path / "checkpoint-10", tmp_path / "checkpoint-2"]
+    assert saved_checkpoints(tmp_path / "missing") == []
 
 
 def test_pad_token_needs_no_embedding_resize(smoke_base_dir, smoke_tokenizer):
@@ -205,9 +209,10 @@ def test_scoring_only_supervised_positions_keeps_loss_and_gradients(packed_train
 
     monkeypatch.setattr(trl_utils, "_use_triton", lambda device: False)  # TRL's CPU path: every position
     every_loss, every_gradients = loss_and_gradients()
-    score_supervised_positions_only()
-    assert trl_utils._use_triton(torch.device("cpu"))
-    only_loss, only_gradients = loss_and_gradients()
+    with score_supervised_positions_only():
+        assert trl_utils._use_triton(torch.device("cpu"))
+        only_loss, only_gradients = loss_and_gradients()
+    assert not trl_utils._use_triton(torch.device("cpu"))  # TRL's own rule again once training is over
     model.zero_grad()
     assert only_loss == pytest.approx(every_loss, abs=1e-5)
     for only, every in zip(only_gradients, every_gradients, strict=True):
