@@ -18,6 +18,7 @@ import importlib
 import multiprocessing
 import os
 import random
+import signal
 import threading
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
@@ -132,7 +133,16 @@ def workers(settings: RowSettings, count_tokens: TokenCounter, num_proc: int) ->
         yield map
         return
     context = multiprocessing.get_context("spawn")
-    with context.Pool(num_proc, initializer=_start_worker, initargs=(settings, count_tokens)) as pool:
+    # Ctrl-C reaches every process of the terminal's process group, and a worker interrupted while it
+    # holds the pool's queue lock hangs the pool. So only this process handles it: the workers are
+    # started ignoring SIGINT, which they inherit from their first instruction (an initializer would run
+    # after a second or two of imports), and leaving the block terminates them, never joins them.
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        pool = context.Pool(num_proc, initializer=_start_worker, initargs=(settings, count_tokens))
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    with pool:
         yield pool.imap
 
 
