@@ -83,6 +83,7 @@ STORAGE_ERRNOS = {
     errno.EPERM: "permission denied",
     errno.ENOTDIR: "a part of the path is a file, not a folder",
     errno.EISDIR: "it is a folder, not a file",
+    errno.EEXIST: "a file is in the way of a folder",
     errno.ENAMETOOLONG: "the name is too long",
 }
 # How libraries that write through their own I/O (safetensors, torch's zip writer) report a full disk.

@@ -79,3 +79,21 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     for module in ("fine_tune.base", "data_prep", "fine_tune.train", "fine_tune.merge"):
         run_stage(module, tmp)
     return tmp, tmp / "runs" / "smoke"
+
+
+@pytest.fixture(scope="session")
+def curated(tmp_path_factory, smoke_base_dir):
+    """A folder whose runs/smoke holds the curated smoke dataset, built on the session's smoke base."""
+    tmp = tmp_path_factory.mktemp("training")
+    (tmp / "base").symlink_to(smoke_base_dir.parent)
+    run_stage("data_prep", tmp)
+    return tmp
+
+
+def fresh_run(curated: Path, name: str) -> Path:
+    """A copy of the curated run under a new folder, so each training run starts from nothing."""
+    target = curated / name
+    (target / "runs" / "smoke").mkdir(parents=True)
+    (target / "base").symlink_to((curated / "base").resolve())
+    (target / "runs" / "smoke" / "dataset").symlink_to(curated / "runs" / "smoke" / "dataset")
+    return target

@@ -16,30 +16,12 @@ import torch
 
 from core.prompts import render_completion, render_prompt
 from fine_tune.resume import saved_checkpoints
-from tests.conftest import REPO, SMOKE, run_stage, smoke_config
+from tests.conftest import REPO, SMOKE, fresh_run, run_stage, smoke_config
 from tests.test_prompts import EXAMPLES, SYSTEM
 
 # Save and log on the same steps so that a resumed run logs exactly what an uninterrupted one does.
 SHORT_RUN = ["--set", "train.max_steps=12", "--set", "train.save_steps=4", "--set", "train.logging_steps=2",
              "--set", "train.eval_steps=4", "--set", "train.save_total_limit=5"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def curated(tmp_path_factory, smoke_base_dir):
-    """A folder whose runs/smoke holds the curated smoke dataset, built on the session's smoke base."""
-    tmp = tmp_path_factory.mktemp("training")
-    (tmp / "base").symlink_to(smoke_base_dir.parent)
-    run_stage("data_prep", tmp)
-    return tmp
-
-
-def fresh_run(curated: Path, name: str) -> Path:
-    """A copy of the curated run under a new folder, so each training run starts from nothing."""
-    target = curated / name
-    (target / "runs" / "smoke").mkdir(parents=True)
-    (target / "base").symlink_to((curated / "base").resolve())
-    (target / "runs" / "smoke" / "dataset").symlink_to(curated / "runs" / "smoke" / "dataset")
-    return target
 
 
 def logged_losses(run: Path) -> list[tuple[int, str, float]]:
