@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 from lxml import etree
 
@@ -64,7 +65,35 @@ def _block(element: etree._Element) -> list[str]:
     if tag == "blockquote":
         inner = "\n\n".join(_blocks(element))
         return ["\n".join(f"> {line}" if line else ">" for line in inner.split("\n"))] if inner else []
+    if tag == "table":
+        return _table(element)
     return _blocks(element)
+
+
+def _table(element: etree._Element) -> list[str]:
+    """A GitHub Markdown table: a header row, the `---` separator, then the other rows. GitHub needs a
+    header, so a table without `<th>` has its first row as one; short rows are padded with empty cells."""
+    rows = [[_cell(cell) for cell in row.iterchildren("th", "td")] for row in _table_rows(element)]
+    rows = [row for row in rows if row]
+    if not rows:
+        return []
+    width = max(map(len, rows))
+    lines = ["| " + " | ".join(row + [""] * (width - len(row))) + " |" for row in rows]
+    lines.insert(1, "|" + " --- |" * width)
+    return ["\n".join(lines)]
+
+
+def _table_rows(table: etree._Element) -> Iterator[etree._Element]:
+    for child in table:
+        if child.tag == "tr":
+            yield child
+        elif child.tag in {"thead", "tbody", "tfoot"}:
+            yield from child.iterchildren("tr")
+
+
+def _cell(cell: etree._Element) -> str:
+    """A cell's content on one line (a table row is one line): its lines joined by `<br>`, `|` escaped."""
+    return "<br>".join("\n".join(_blocks(cell)).split("\n")).replace("|", "\\|")
 
 
 def _list(element: etree._Element) -> str:
@@ -105,6 +134,10 @@ def _inline(element: etree._Element) -> str:
         return f"**{text.strip()}**" if text.strip() else ""
     if tag in {"em", "i"}:
         return f"*{text.strip()}*" if text.strip() else ""
+    if tag in {"s", "strike", "del"}:
+        return f"~~{text.strip()}~~" if text.strip() else ""
+    if tag in {"sup", "sub"}:  # kept as the inline HTML GitHub renders: x<sup>2</sup> must not read x2
+        return f"<{tag}>{text.strip()}</{tag}>" if text.strip() else ""
     if tag == "a":
         href = element.get("href")
         label = _tidy_inline(text)

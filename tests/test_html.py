@@ -65,3 +65,33 @@ def test_paragraph_whitespace_is_collapsed_and_entities_decoded():
 def test_empty_body():
     assert md("") == ""
     assert md("  \n") == ""
+
+
+def test_table_with_a_header_row_becomes_a_github_table_with_pipes_escaped():
+    html = (
+        "<table><thead><tr><th>name</th><th>a|b</th></tr></thead>"
+        "<tbody><tr><td>x</td><td><code>x | y</code></td></tr><tr><td>short</td></tr></tbody></table>"
+    )
+    assert md(html) == "| name | a\\|b |\n| --- | --- |\n| x | `x \\| y` |\n| short |  |"
+
+
+def test_table_without_th_has_its_first_row_as_header_and_cells_stay_on_one_line():
+    html = "<p>See:</p><table><tr><td>1</td><td>2</td></tr>"
+    html += "<tr><td><p>one</p><p>two</p></td><td>4</td></tr></table>"
+    assert md(html) == "See:\n\n| 1 | 2 |\n| --- | --- |\n| one<br>two | 4 |"
+
+
+def test_empty_table_is_nothing():
+    assert md("<p>a</p><table></table>") == "a"
+
+
+def test_strike_through_keeps_its_meaning():
+    assert md("<p><strike>old</strike>, <del> gone </del> and <s>wrong</s> <del> </del>now</p>") == (
+        "~~old~~, ~~gone~~ and ~~wrong~~ now"
+    )
+
+
+def test_superscript_and_subscript_stay_inline_html():
+    assert md("<p>x<sup>2</sup> + H<sub>2</sub>O, e<sup><em>i</em>π</sup></p>") == (
+        "x<sup>2</sup> + H<sub>2</sub>O, e<sup>*i*π</sup>"
+    )
