@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import UserError
+from data_prep.inputs import marked_encoding, open_input
 
 
 @dataclass
@@ -23,9 +24,18 @@ def user_message(instruction: str, input_text: str) -> str:
 
 
 def load_records(path: Path) -> list:
-    if not path.is_file():
-        raise UserError(f"Alpaca file not found: {path}")
-    text = path.read_text(encoding="utf-8-sig")
+    """The file's records, a JSON list or one JSON value per line (None for a line that is not JSON).
+    The file is UTF-8, or UTF-16/32 with a byte-order mark."""
+    with open_input(path, "Alpaca file") as handle:
+        data = handle.read()
+    codec = marked_encoding(data[:4]) or "utf-8"
+    try:
+        text = data.decode(codec).removeprefix("\ufeff")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].decode(codec).count("\n") + 1
+        raise UserError(
+            f"{path}: not valid {codec.upper()} at line {line}: save it as UTF-8, the encoding of JSON"
+        ) from None
     if text.lstrip().startswith("["):
         try:
             return json.loads(text)

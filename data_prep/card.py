@@ -18,14 +18,24 @@ def _first(positions: list[int]) -> str:
     return ", ".join(map(str, positions))
 
 
+def _lines(lines: list[int]) -> str:
+    return f"line{'s' if len(lines) > 1 else ''} {_first(lines)}"
+
+
 def stackoverflow_reading(source: StackOverflowSource, read: dict) -> list[str]:
     tags = ""
     if source.include_tags or source.exclude_tags:
         tags = f" (include {source.include_tags or 'any'}, exclude {source.exclude_tags or 'none'})"
     malformed = "; ".join(
-        f"{name} {count} (first at lines {_first(read['malformed_first_lines'][name])})"
+        f"{name} {count} (first at {_lines(read['malformed_first_lines'][name])})"
         for name, count in read["malformed_rows"].items()
     )
+    repeated = "none"
+    if read["repeated_question_ids"]:
+        repeated = (
+            f"{read['repeated_question_ids']} rows skipped, the first row with each Id used "
+            f"(first: {_first(read['repeated_question_ids_first'])})"
+        )
     return [
         f"{read['questions_read']} questions and {read['answers_read']} answers read; each question gets its "
         "highest-scored answer (the lowest answer Id on a tie)",
@@ -35,6 +45,7 @@ def stackoverflow_reading(source: StackOverflowSource, read: dict) -> list[str]:
         f"questions without an answer: {read['unanswered_questions']}; answers whose question is missing: "
         f"{read['orphan_answers']}",
         f"malformed rows skipped: {malformed or 'none'}",
+        f"question Ids repeated: {repeated}",
     ]
 
 

@@ -34,6 +34,7 @@ import pyarrow as pa
 from core.config import Config
 from core.errors import UserError
 from data_prep import alpaca, stackoverflow
+from data_prep.progress import Progress
 from data_prep.rows import (
     ROW_SCHEMA,
     Example,
@@ -208,6 +209,7 @@ def choose_rows(
     limits = {"stackoverflow": config.data.stackoverflow, "alpaca": config.data.alpaca}
     chosen: list[int] = []
     lengths: list[int] = []
+    progress = Progress("counted the tokens of", "rows")
     for source in stats.examples:
         order = [index for index, name in enumerate(sources) if name == source]
         rng.shuffle(order)
@@ -227,6 +229,7 @@ def choose_rows(
                     else:
                         kept.append(index)
                         lengths.append(count)
+                progress.add(len(chunk))
                 if len(kept) == limit:
                     break
         stats.kept_by_source[source] = len(kept)

@@ -1,7 +1,8 @@
 """The Kaggle "Python Questions from Stack Overflow" CSVs: streamed, decoded deliberately, joined.
 
 Each question is paired with its best answer (highest score; the lowest answer Id breaks a tie, so the
-choice never depends on file order). Malformed rows are counted with their line numbers, not fatal.
+choice never depends on file order). Malformed rows are counted with their line numbers, not fatal; so
+are repeats of a question Id (the first row with the Id is the one used).
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ import pyarrow.csv as pa_csv
 
 from core.config import StackOverflowSource
 from core.errors import UserError
+from data_prep.inputs import marked_encoding, open_input
+from data_prep.progress import Progress
 
 QUESTION_COLUMNS = ("Id", "Score", "Title", "Body")
 ANSWER_COLUMNS = ("Id", "ParentId", "Score", "Body")
 TAG_COLUMNS = ("Id", "Tag")
 FALLBACK_ERRORS = "utf8-else-cp1252"
 INTEGER = r"^[+-]?[0-9]+$"  # what Python's int() reads, less the spaces and underscores
-CSV_BLOCK_BYTES = 2 << 20  # what the reader parses at a time: memory stays bounded by it
+CSV_BLOCK_BYTES = 2 << 20  # what the reader parses at a time: memory stays bounded by it; a row must fit
 
 
 def _decode_as_cp1252(error: UnicodeDecodeError) -> tuple[str, int]:
@@ -63,51 +66,59 @@ class ReadStats:
     orphan_answers: int = 0
     unanswered_questions: int = 0
     excluded_by_tags: int = 0
+    repeated_question_ids: int = 0  # rows of Questions.csv whose Id an earlier row had: skipped
+    repeated_question_ids_first: list[int] = field(default_factory=list)  # the first ten such Ids
 
 
 def read_rows(
     path: Path, required: tuple[str, ...], integers: tuple[str, ...], encoding: str, stats: ReadStats
 ) -> Iterator[tuple[Any, ...]]:
     """Stream a CSV's rows as the values of the required columns, in that order, those of `integers` as
-    ints. A row with a wrong field count, or with a value of an integer column that is not an integer
-    (`NA`), is malformed: counted with its first line, and skipped.
+    ints. A row with a wrong field count, with a value of an integer column that is not an integer
+    (`NA`), or ending the file inside a quoted field is malformed: counted with its first line, and
+    skipped. Progress is logged every few seconds.
 
     pyarrow's CSV reader parses (multi-line quoted fields, doubled quotes) block by block, several times
     faster than the csv module; fields come as bytes and are decoded here, so that the encoding rule is
     ours. The reader numbers rows, not lines, so a malformed row's line is counted from the rows and the
     line breaks inside the fields before it."""
-    header = _header(path, required, encoding)
+    encoding, header = _inspect(path, required, encoding)
     codec, errors, transcode = _decoding(encoding)
     invalid: deque[tuple[int, str]] = deque()  # (row number, the header's being 1; its text)
-    reader = _open_reader(path, header, transcode, invalid.append)
     number, line = 2, 2  # the next row's number and first line
+    progress = Progress("read", f"rows of {path.name}")
     try:
-        for batch in reader:
+        reader = _open_reader(path, header, transcode, invalid.append)
+        for batch, is_last in _marking_the_last(reader):
+            progress.add(batch.num_rows)
             last = number + batch.num_rows - 1  # the batch's last row number, counting invalid rows in it
             for invalid_number, _ in invalid:
                 if invalid_number > last:
                     break
                 last += 1
             checks = [pc.match_substring_regex(batch[column], INTEGER) for column in integers]
-            integral = functools.reduce(pc.and_, checks).to_pylist() if checks else [True] * batch.num_rows
+            well_formed = functools.reduce(pc.and_, checks).to_pylist() if checks else [True] * batch.num_rows
+            ends_the_file = is_last and (not invalid or invalid[-1][0] <= last)
+            if ends_the_file and _ends_in_open_quote(path, batch.columns[-1][-1].as_py(), transcode):
+                well_formed[-1] = False
             columns = [
-                _integers(batch[column], integral)
+                _integers(batch[column], well_formed)
                 if column in integers
                 else _decoded(batch[column], codec, errors)
                 for column in required
             ]
-            if last == number + batch.num_rows - 1 and all(integral):  # nothing malformed: no lines needed
+            if last == number + batch.num_rows - 1 and all(well_formed):  # nothing malformed: no lines needed
                 yield from zip(*columns, strict=True)
                 line += batch.num_rows + sum(map(_line_breaks, batch.columns))
                 number = last + 1
                 continue
             breaks = functools.reduce(pc.add, [pc.count_substring(column, "\n") for column in batch.columns])
-            for row_breaks, is_integral, *row in zip(breaks.to_pylist(), integral, *columns, strict=True):
+            for row_breaks, good, *row in zip(breaks.to_pylist(), well_formed, *columns, strict=True):
                 while invalid and invalid[0][0] == number:
                     _count_malformed(stats, path, line)
                     line += invalid.popleft()[1].count("\n") + 1
                     number += 1
-                if is_integral:
+                if good:
                     yield tuple(row)
                 else:
                     _count_malformed(stats, path, line)
@@ -119,7 +130,50 @@ def read_rows(
     except UnicodeDecodeError:
         raise _undecodable(path, encoding) from None
     except pa.ArrowInvalid as error:
+        line += sum(text.count("\n") + 1 for _, text in invalid)  # rows skipped since the last good one
+        if "straddl" in str(error):  # a row longer than a block
+            raise UserError(
+                f"{path}: the row at line {line} is over {CSV_BLOCK_BYTES >> 20} MB, more than a row may "
+                "hold (a Stack Overflow post is at most 30,000 characters): is a quote left open there?"
+            ) from None
         raise UserError(f"{path}: unreadable CSV near line {line}: {error}".replace("\n", " ")) from None
+
+
+def _marking_the_last(reader: pa_csv.CSVStreamingReader) -> Iterator[tuple[pa.RecordBatch, bool]]:
+    """The reader's batches that hold rows, each with whether it is the last. Each is held until the next
+    one is read; if reading that one fails, the held batch still comes first, so that lines are counted
+    up to the failure."""
+    held = None
+    try:
+        for batch in reader:
+            if not batch.num_rows:
+                continue
+            if held is not None:
+                yield held, False
+            held = batch
+    except pa.ArrowInvalid:
+        if held is not None:
+            yield held, False
+        raise
+    if held is not None:
+        yield held, True
+
+
+def _ends_in_open_quote(path: Path, last_field: bytes, transcode: str) -> bool:
+    """Whether the file ends inside a quoted field, the last one read. pyarrow reads a quote left open at
+    the end as a field that runs to the end, line break included: the file then ends with a field
+    separator (or line break), the opening quote and the field as written (its quotes doubled), where a
+    closed field is followed by its closing quote."""
+    written, separators = b'"' + last_field.replace(b'"', b'""'), [b",", b"\n", b"\r"]
+    if transcode != "utf8":  # the reader transcoded the field to UTF-8; the file holds it in `transcode`
+        written = written.decode().encode(transcode)
+        separators = [separator.decode().encode(transcode) for separator in separators]
+    width = len(separators[0])
+    with path.open("rb") as handle:
+        size = handle.seek(0, 2)
+        handle.seek(max(0, size - len(written) - width))
+        tail = handle.read()
+    return tail[width:] == written and tail[:width] in separators
 
 
 def _decoding(encoding: str) -> tuple[str, str, str]:
@@ -183,10 +237,38 @@ def _decoded(column: pa.Array, codec: str, errors: str) -> list[str]:
     return [value.decode(codec, errors) for value in column.to_pylist()]
 
 
+def _inspect(path: Path, required: tuple[str, ...], configured: str) -> tuple[str, list[str]]:
+    """The encoding to read `path` with, and its column names, checked for the required ones."""
+    encoding = file_encoding(path, configured)
+    return encoding, _header(path, required, encoding)
+
+
+def file_encoding(path: Path, configured: str) -> str:
+    """The encoding `path` is read with: the configured one, unless the file starts with a byte-order mark
+    (as spreadsheet tools write), which then names it; `auto` recognises UTF-8, UTF-16 and UTF-32 by it.
+    A mark at odds with the configured encoding, or UTF-16/32 without the mark that gives its byte order,
+    is one line."""
+    with open_input(path, "Stack Overflow file") as handle:
+        marked = marked_encoding(handle.read(4))
+    name = configured if configured == "auto" else codecs.lookup(configured).name
+    if marked is None:
+        if name in ("utf-16", "utf-32"):
+            raise UserError(
+                f"{path} does not start with a byte-order mark, which {configured} needs for its byte "
+                f"order: set data.stackoverflow.encoding to {name}-le or {name}-be, or auto for UTF-8"
+            )
+        return configured
+    family = marked.removesuffix("-le").removesuffix("-be")
+    if name not in ("auto", marked, family, f"{family}-sig"):
+        raise UserError(
+            f"{path} starts with a {marked.upper()} byte-order mark, but data.stackoverflow.encoding is "
+            f"{configured}: set it to auto"
+        )
+    return "auto" if name == "auto" and marked == "utf-8" else marked
+
+
 def _header(path: Path, required: tuple[str, ...], encoding: str) -> list[str]:
-    """The column names, checked for the required ones."""
-    if not path.is_file():
-        raise UserError(f"Stack Overflow file not found: {path}")
+    """The column names, after any byte-order mark, checked for the required ones."""
     codec, errors = ("utf-8", FALLBACK_ERRORS) if encoding == "auto" else (encoding, "strict")
     with path.open(encoding=codec, errors=errors, newline="") as handle:
         try:
@@ -195,6 +277,7 @@ def _header(path: Path, required: tuple[str, ...], encoding: str) -> list[str]:
             raise _undecodable(path, encoding) from None
     if header is None:
         raise UserError(f"{path} is empty: expected a header with columns {', '.join(required)}")
+    header[0] = header[0].removeprefix("\ufeff")  # the reader below skips the mark with the header line
     missing = [column for column in required if column not in header]
     if missing:
         raise UserError(f"{path}: missing column {', '.join(missing)} (header: {', '.join(header)})")
@@ -259,7 +342,7 @@ def read_pairs(source: StackOverflowSource, stats: ReadStats) -> Iterator[Pair]:
     """
     # A missing file or column fails now, not after Answers.csv has been read.
     for path, columns in ((source.questions, QUESTION_COLUMNS), (source.answers, ANSWER_COLUMNS)):
-        _header(path, columns, source.encoding)
+        _inspect(path, columns, source.encoding)
     keep_tags = tag_filter(source, stats)
     best: dict[int, tuple[int, int, str]] = {}  # question id -> (score, answer id, body) of its best answer
     answer_counts: Counter[int] = Counter()  # question id -> its answers, to count those with no question
@@ -285,10 +368,17 @@ def _join_questions(
     keep_tags: Callable[[int], bool],
     stats: ReadStats,
 ) -> Iterator[Pair]:
+    seen: set[int] = set()
     for question_id, score, title, body in read_rows(
         source.questions, QUESTION_COLUMNS, ("Id", "Score"), source.encoding, stats
     ):
         stats.questions_read += 1
+        if question_id in seen:
+            stats.repeated_question_ids += 1
+            if len(stats.repeated_question_ids_first) < 10:
+                stats.repeated_question_ids_first.append(question_id)
+            continue
+        seen.add(question_id)
         answer_counts.pop(question_id, None)
         chosen = best.pop(question_id, None)
         if not keep_tags(question_id):

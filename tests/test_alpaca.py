@@ -43,3 +43,27 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("[{]")
     with pytest.raises(UserError, match="not valid JSON at line 1"):
         read_examples(bad, AlpacaStats())
+
+
+def test_a_latin1_file_is_one_line_naming_the_line(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(
+        '{"instruction": "a", "output": "A"}\n{"instruction": "Naïve", "output": "£5"}\n'.encode("latin-1")
+    )
+    with pytest.raises(UserError, match=r"data.jsonl: not valid UTF-8 at line 2: save it as UTF-8"):
+        read_examples(path, AlpacaStats())
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-32"])
+def test_a_byte_order_mark_names_the_encoding(tmp_path, encoding):
+    path = tmp_path / "data.json"
+    path.write_bytes(
+        json.dumps([{"instruction": "Łódź", "output": "咖啡"}], ensure_ascii=False).encode(encoding)
+    )
+    assert read_examples(path, AlpacaStats()) == [(1, "Łódź", "咖啡")]
+
+
+def test_a_folder_in_place_of_the_file_is_one_line(tmp_path):
+    (tmp_path / "data.json").mkdir()
+    with pytest.raises(UserError, match=r"cannot read the Alpaca file .*data.json: Is a directory"):
+        read_examples(tmp_path / "data.json", AlpacaStats())

@@ -10,7 +10,9 @@ STATS = CurationStats(
         "stackoverflow": {
             "questions_read": 174, "answers_read": 238, "low_score_questions": 4, "low_score_answers": 7,
             "excluded_by_tags": 0, "unanswered_questions": 8, "orphan_answers": 1,
-            "malformed_rows": {"Questions.csv": 2}, "malformed_first_lines": {"Questions.csv": [3, 6]},
+            "malformed_rows": {"Questions.csv": 2, "Answers.csv": 1},
+            "malformed_first_lines": {"Questions.csv": [3, 6], "Answers.csv": [31]},
+            "repeated_question_ids": 2, "repeated_question_ids_first": [7, 9],
         },
         "alpaca": {"records_read": 122, "malformed": 1, "malformed_positions": [5]},
     },
@@ -30,7 +32,19 @@ def test_summary_is_a_readable_line_per_fact(tmp_path):
     text = summary(smoke_config(tmp_path), STATS, "runs/smoke/dataset in 3 s")
     lines = text.splitlines()
     assert lines[0].startswith("stackoverflow  174 questions and 238 answers read")
-    assert "               malformed rows skipped: Questions.csv 2 (first at lines 3, 6)" in lines
+    malformed = "Questions.csv 2 (first at lines 3, 6); Answers.csv 1 (first at line 31)"
+    assert f"               malformed rows skipped: {malformed}" in lines
+    repeated = "2 rows skipped, the first row with each Id used (first: 7, 9)"
+    assert f"               question Ids repeated: {repeated}" in lines
+    no_repeats = {
+        **STATS.read["stackoverflow"],
+        "repeated_question_ids": 0,
+        "repeated_question_ids_first": [],
+    }
+    unrepeated = CurationStats(**{**STATS.__dict__, "read": {**STATS.read, "stackoverflow": no_repeats}})
+    assert "               question Ids repeated: none" in summary(
+        smoke_config(tmp_path), unrepeated, "there"
+    )
     assert "alpaca         122 records read; malformed records skipped: 1 (first at positions 5)" in lines
     assert "rules          empty question or answer: 2 removed" in lines
     assert "               longer than train.max_length: 17 removed" in lines

@@ -1,12 +1,15 @@
 """Curation rules, sampling and splitting on small hand-made sources, with the smoke base's real tokenizer."""
 
 import json
+import logging
+import re
 from itertools import count
 
 import pytest
 from datasets import load_from_disk
 
 from core.errors import UserError
+from data_prep import progress
 from data_prep.curate import curate
 from data_prep.rows import TokenCounter, normalized_question
 from data_prep.rules import DUPLICATE, EMPTY, NO_CODE_BLOCK, TOO_LONG
@@ -218,3 +221,22 @@ def test_a_source_with_nothing_usable_is_an_error(tmp_path, smoke_tokenizer):
     config = make_config(tmp_path, qs, [], records(3))
     with pytest.raises(UserError, match="stackoverflow source gave no usable examples"):
         run_curation(config, smoke_tokenizer, tmp_path)
+
+
+def test_long_steps_log_their_progress_and_short_ones_say_nothing(
+    tmp_path, smoke_tokenizer, monkeypatch, caplog
+):
+    qs, ans = questions_and_answers(3)
+    config = make_config(tmp_path, qs, ans, records(8))
+    caplog.set_level(logging.INFO, logger="data_prep")
+    run_curation(config, smoke_tokenizer, tmp_path)
+    assert not caplog.records
+    monkeypatch.setattr(progress, "PROGRESS_SECONDS", 0.0)
+    run_curation(config, smoke_tokenizer, tmp_path)
+    lines = [re.sub(r" \([\d,]+/s\)$", "", record.getMessage()) for record in caplog.records]
+    assert lines == [
+        "read 3 rows of A.csv",
+        "read 3 rows of Q.csv",
+        "counted the tokens of 3 rows",  # Stack Overflow's, then Alpaca's
+        "counted the tokens of 11 rows",
+    ]

@@ -1,13 +1,17 @@
 """Reading the Kaggle CSVs: joins, best answer, scores, orphans, encodings, malformed rows."""
 
+import codecs
 import csv
 import io
+import logging
+import os
+import re
 
 import pytest
 
 from core.config import StackOverflowSource, load_config
 from core.errors import UserError
-from data_prep import stackoverflow
+from data_prep import progress, stackoverflow
 from data_prep.stackoverflow import ReadStats, read_pairs
 from tests.conftest import SMOKE
 
@@ -230,3 +234,128 @@ def test_bytes_that_do_not_fit_a_configured_encoding_name_the_file_and_line(tmp_
     src = source(tmp_path, [question(1), question(2, title="Naïve £5")], [answer(5, 1)], encoding="latin-1")
     with pytest.raises(UserError, match=r"Questions.csv: not valid utf-8 at line 3; set data.stackoverflow"):
         list(read_pairs(src.model_copy(update={"encoding": "utf-8"}), ReadStats()))
+
+
+@pytest.mark.parametrize("encoding", ["auto", "utf-8", "utf-8-sig"])
+def test_a_utf8_byte_order_mark_is_skipped(tmp_path, encoding):
+    src = source(tmp_path, [question(1, title="café")], [answer(5, 1)], encoding="utf-8-sig")
+    (pair,) = read_pairs(src.model_copy(update={"encoding": encoding}), ReadStats())
+    assert (pair.question_id, pair.title) == (1, "café")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32", "utf-32-be"])
+def test_auto_recognises_utf16_and_utf32_by_their_byte_order_mark(tmp_path, encoding):
+    mark = {"utf-16-be": codecs.BOM_UTF16_BE, "utf-32-be": codecs.BOM_UTF32_BE}.get(encoding, b"")
+    write_csv(tmp_path / "Questions.csv", QUESTION_HEADER, [question(1, title="Łódź, 咖啡")], encoding)
+    write_csv(tmp_path / "Answers.csv", ANSWER_HEADER, [answer(5, 1)], encoding)
+    for path in (tmp_path / "Questions.csv", tmp_path / "Answers.csv"):
+        path.write_bytes(mark + path.read_bytes())  # Python writes a mark for utf-16/32, none for -be
+    src = StackOverflowSource(questions=tmp_path / "Questions.csv", answers=tmp_path / "Answers.csv")
+    (pair,) = read_pairs(src, ReadStats())
+    assert (pair.question_id, pair.title, pair.answer_id) == (1, "Łódź, 咖啡", 5)
+
+
+def test_utf16_configured_on_a_utf8_file_is_one_line(tmp_path):
+    src = source(tmp_path, [question(1)], [answer(5, 1)], encoding="utf-8")
+    with pytest.raises(
+        UserError, match="Questions.csv does not start with a byte-order mark, which utf-16 needs"
+    ):
+        read_pairs(src.model_copy(update={"encoding": "utf-16"}), ReadStats())
+
+
+def test_a_byte_order_mark_at_odds_with_the_configured_encoding_is_one_line(tmp_path):
+    src = source(tmp_path, [question(1)], [answer(5, 1)], encoding="utf-16")
+    with pytest.raises(
+        UserError, match="starts with a UTF-16-LE byte-order mark, but .* is cp1252: set it to auto"
+    ):
+        read_pairs(src.model_copy(update={"encoding": "cp1252"}), ReadStats())
+
+
+def test_a_folder_in_place_of_a_file_is_one_line(tmp_path):
+    src = source(tmp_path, [question(1)], [answer(5, 1)])
+    (tmp_path / "Answers.csv").unlink()
+    (tmp_path / "Answers.csv").mkdir()
+    with pytest.raises(UserError, match=r"cannot read the Stack Overflow file .*Answers.csv: Is a directory"):
+        read_pairs(src, ReadStats())
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its permissions")
+def test_an_unreadable_file_is_one_line(tmp_path):
+    src = source(tmp_path, [question(1)], [answer(5, 1)])
+    (tmp_path / "Questions.csv").chmod(0)
+    with pytest.raises(
+        UserError, match=r"cannot read the Stack Overflow file .*Questions.csv: Permission denied"
+    ):
+        read_pairs(src, ReadStats())
+
+
+def test_a_50_mb_field_in_the_first_row_is_one_line_naming_the_file_and_line(tmp_path):
+    src = source(tmp_path, [question(1, body="x" * (50 << 20)), question(2)], [answer(5, 1)])
+    with pytest.raises(
+        UserError, match=r"Questions.csv: the row at line 2 is over 2 MB, .* a quote left open"
+    ):
+        list(read_pairs(src, ReadStats()))
+
+
+def test_a_row_longer_than_a_block_further_down_is_named_by_its_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(stackoverflow, "CSV_BLOCK_BYTES", 1 << 10)
+    rows = [question(i, body="<p>a\nb</p>") for i in range(1, 31)]  # two lines each: lines 2 to 61
+    src = source(tmp_path, [*rows, [31, "NA"], question(32, body="x" * 5000)], [answer(5, 1)])
+    with pytest.raises(UserError, match=r"Questions.csv: the row at line 63 is over"):
+        list(read_pairs(src, ReadStats()))
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+@pytest.mark.parametrize("ending", ["\n", ""])
+def test_a_quote_left_open_at_the_end_is_a_malformed_row(tmp_path, encoding, ending):
+    write_csv(tmp_path / "Answers.csv", ANSWER_HEADER, [answer(10, 1), answer(20, 2)])
+    text = 'Id,OwnerUserId,CreationDate,Score,Title,Body\n1,NA,d,1,One,"<p>a ""b""\n</p>"\n'
+    text += '2,NA,d,1,Two,"<p>never\n\n closed ""c""' + ending
+    (tmp_path / "Questions.csv").write_bytes(text.encode(encoding))
+    src = StackOverflowSource(questions=tmp_path / "Questions.csv", answers=tmp_path / "Answers.csv")
+    stats = ReadStats()
+    assert [p.question_id for p in read_pairs(src, stats)] == [1]
+    assert (stats.questions_read, stats.malformed_first_lines) == (1, {"Questions.csv": [4]})
+
+
+@pytest.mark.parametrize("last_body", ["<p>x</p>\n", 'say ""hi""', '""', "plain"])
+def test_a_closed_last_field_is_read(tmp_path, last_body):
+    quoted = last_body != "plain"
+    body = f'"{last_body}"' if quoted else last_body
+    write_csv(tmp_path / "Answers.csv", ANSWER_HEADER, [answer(10, 1)])
+    (tmp_path / "Questions.csv").write_text(
+        f"Id,OwnerUserId,CreationDate,Score,Title,Body\n1,NA,d,1,T,{body}"
+    )
+    src = StackOverflowSource(questions=tmp_path / "Questions.csv", answers=tmp_path / "Answers.csv")
+    stats = ReadStats()
+    (pair,) = read_pairs(src, stats)
+    assert pair.question_html == last_body.replace('""', '"') and not stats.malformed_rows
+
+
+def test_repeated_question_ids_are_counted_and_the_first_row_is_used(tmp_path):
+    src = source(
+        tmp_path,
+        [question(1, title="first"), question(2), question(1, title="again"), question(1), question(3)],
+        [answer(10, 1), answer(20, 2), answer(30, 3)],
+    )
+    stats = ReadStats()
+    pairs = read_pairs(src, stats)
+    assert [(p.question_id, p.title) for p in pairs] == [(1, "first"), (2, "Title"), (3, "Title")]
+    assert (stats.questions_read, stats.repeated_question_ids, stats.repeated_question_ids_first) == (
+        5,
+        2,
+        [1, 1],
+    )
+    assert stats.unanswered_questions == 0
+
+
+def test_reading_logs_its_progress_every_few_seconds(tmp_path, monkeypatch, caplog):
+    src = source(tmp_path, [question(1), question(2)], [answer(10, 1)])
+    caplog.set_level(logging.INFO, logger="data_prep")
+    list(read_pairs(src, ReadStats()))
+    assert not caplog.records  # a read shorter than the interval says nothing
+    monkeypatch.setattr(progress, "PROGRESS_SECONDS", 0.0)
+    list(read_pairs(src, ReadStats()))
+    lines = [record.getMessage() for record in caplog.records]
+    assert re.fullmatch(r"read 1 rows of Answers.csv \([\d,]+/s\)", lines[0])
+    assert re.fullmatch(r"read 2 rows of Questions.csv \([\d,]+/s\)", lines[1])
