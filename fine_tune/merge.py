@@ -18,16 +18,19 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import resource
+from pathlib import Path
 
 import torch
 
 from core.cli import run_stage, stage_parser
 from core.config import Config
 from core.errors import UserError
-from core.model import load_tokenizer, resolve_base
-from core.runs import RunPaths, atomic_dir, require, write_json_atomic
+from core.model import load_model_config, load_tokenizer, resolve_base
+from core.prompts import render_prompt
+from core.runs import RunPaths, atomic_dir, require, run_folder_lock, write_json_atomic
 from fine_tune.card import base_hub_id, model_card
+from fine_tune.report import peak_rss_mb
+from fine_tune.resume import UnreadableCheckpoint, check_weights
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ def check_inputs(config: Config, tokenizer, count: int = 4) -> dict[str, torch.T
         rows = load_from_disk(str(dataset_dir))["validation"].select(range(count))
         texts = [row["prompt"] + row["completion"] for row in rows]
     else:
-        texts = ["[INST] How do I reverse a list in Python? [/INST] Use slicing: `items[::-1]`."]
+        texts = [render_prompt("How do I reverse a list in Python?", None) + "Use slicing: `items[::-1]`."]
     return tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=256)
 
 
@@ -57,9 +60,7 @@ def masked_logits(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def refuse_quantized_base(base: str, revision: str | None) -> None:
     """Merging into 4-bit weights loses the adapter's precision: the base must be stored unquantized."""
-    from transformers import AutoConfig
-
-    if getattr(AutoConfig.from_pretrained(base, revision=revision), "quantization_config", None):
+    if getattr(load_model_config(base, revision), "quantization_config", None):
         raise UserError(
             f"the base {base} is stored quantized; merging needs its unquantized 16-bit weights: "
             "set model.name_or_path to the unquantized base"
@@ -67,11 +68,23 @@ def refuse_quantized_base(base: str, revision: str | None) -> None:
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
+    paths = RunPaths.of(config)
+    adapter = require(paths.adapter / "adapter_config.json", "trained adapter", "make train").parent
+    try:
+        check_weights(adapter)
+    except UnreadableCheckpoint as problem:
+        raise UserError(
+            f"the adapter in {adapter} is damaged: {problem}; run `make train` again, which writes it anew "
+            "from the run's last checkpoint"
+        ) from None
+    with run_folder_lock(paths, "make merge"):
+        merge(config, paths, adapter)
+
+
+def merge(config: Config, paths: RunPaths, adapter: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    paths = RunPaths.of(config)
-    adapter = require(paths.adapter / "adapter_config.json", "trained adapter", "make train").parent
     dtype = getattr(torch, config.merge.dtype)
     base_path = resolve_base(config)
     refuse_quantized_base(base_path, config.model.revision)
@@ -106,7 +119,7 @@ def main(config: Config, args: argparse.Namespace) -> None:
             "tokens_compared": int(inputs["attention_mask"].sum()),
             "weight_files": [path.name for path in weight_files],
             "weights_mb": round(sum(path.stat().st_size for path in weight_files) / 2**20, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_rss_mb": peak_rss_mb(),
         }
         write_json_atomic(paths.reports / "merge_check.json", check)
         log.info(

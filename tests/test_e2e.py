@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -197,8 +198,13 @@ def test_bad_input_gives_one_line_and_exit_1(pipeline, module, extra, message):
     assert not (tmp / "runs" / "nothing-here").exists()
 
 
+# What a progress bar leaves in front of the next line: carriage returns and cursor movements.
+PROGRESS_BAR_RESIDUE = re.compile(r"^(?:\x1b\[[0-9;]*[A-Za-z]|\s)+")
+
+
 def assert_one_error(result: subprocess.CompletedProcess, message: str) -> None:
     assert result.returncode == 1
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    lines = [PROGRESS_BAR_RESIDUE.sub("", line) for line in re.split(r"[\r\n]", result.stderr)]
+    errors = [line for line in lines if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
