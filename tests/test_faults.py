@@ -106,8 +106,11 @@ def test_an_output_folder_under_a_file_is_one_line(pipeline, tmp_path):
     tmp, _ = pipeline
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    command = [sys.executable, "-m", "data_prep", "--config", str(SMOKE), "--set",
-               f"run.output_dir={blocker / 'runs'}", "--set", f"model.embedded.cache_dir={tmp / 'base'}"]  # fmt: skip
+    outputs = blocker / "runs"
+    base = f"model.embedded.cache_dir={tmp / 'base'}"
+    command = [sys.executable, "-m", "data_prep", "--config", str(SMOKE)]
+    command += ["--set", f"run.output_dir={outputs}"]
+    command += ["--set", base]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert_one_error(result, f"a part of the path is a file, not a folder ({blocker / 'runs'}")
+    assert_one_error(result, f"a part of the path is a file, not a folder ({outputs}")
     assert blocker.read_text() == "not a folder"
