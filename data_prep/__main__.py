@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 from core.cli import run_stage, stage_parser
 from core.config import Config
-from core.runs import RunPaths, atomic_dir, write_json_atomic
+from core.runs import RunPaths, atomic_dir, run_folder_lock, write_json_atomic
 from data_prep.card import dataset_card, summary
 from data_prep.curate import curate
 from data_prep.rows import load_token_counter
@@ -20,8 +20,9 @@ log = logging.getLogger("data_prep")
 def main(config: Config, args: argparse.Namespace) -> None:
     started = time.monotonic()
     count_tokens = load_token_counter(config)
-    destination = RunPaths.of(config).dataset
-    with atomic_dir(destination) as staging:
+    paths = RunPaths.of(config)
+    destination = paths.dataset
+    with run_folder_lock(paths, "make data"), atomic_dir(destination) as staging:
         stats = curate(config, count_tokens, staging)
         write_json_atomic(staging / "stats.json", asdict(stats))
         (staging / "README.md").write_text(dataset_card(config, stats), encoding="utf-8")

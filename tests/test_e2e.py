@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REPO, run_stage
+from tests.conftest import REPO, SMOKE, run_stage
 
 pytestmark = pytest.mark.e2e
 
@@ -73,6 +75,18 @@ def test_adapter_and_train_report(pipeline):
     for key in ("wall_seconds", "tokens_per_second", "peak_rss_mb", "trainable_parameters", "eval_loss"):
         assert report[key] > 0
     assert report["trainable_parameters"] < report["total_parameters"]
+
+
+def test_the_adapter_names_its_base_so_that_it_loads_from_any_folder(pipeline, tmp_path):
+    _, run = pipeline
+    adapter = run / "adapter"
+    base = Path(json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"])
+    assert base.is_absolute() and (base / "config.json").is_file()
+    elsewhere = subprocess.run(
+        [sys.executable, "-m", "inference", "--config", str(SMOKE), "--model", str(adapter), "--prompt", "?"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert elsewhere.returncode == 0, elsewhere.stderr[-2000:]
 
 
 def test_merged_model_is_safetensors_and_equals_base_plus_adapter(pipeline):
