@@ -308,6 +308,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise UserError(f"config file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[: error.start].count(b"\n") + 1
+        raise UserError(f"config file {path} is not UTF-8 text (line {line}): save it as UTF-8") from None
     except yaml.YAMLError as error:
         raise UserError(f"config file {path} is not valid YAML: {error}".replace("\n", " ")) from None
     if not isinstance(raw, dict):

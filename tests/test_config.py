@@ -104,3 +104,10 @@ def test_llama2_7b_profile_reproduces_the_seed_run():
     assert config.train.load_best_model_at_end is True
     assert config.data.system_prompt == DEFAULT_SYSTEM_PROMPT
     assert config.data.validation_size == 1000
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path):
+    profile = tmp_path / "latin1.yaml"
+    profile.write_bytes("run:\n  name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1.yaml is not UTF-8 text \(line 2\): save it as UTF-8"):
+        load_config(profile)

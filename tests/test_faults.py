@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, SMOKE
+from tests.conftest import REPO, SMOKE, run_stage
 from tests.test_e2e import assert_one_error
 
 # Mount a tmpfs of $1 KiB at $2, copy $3 into it, make it read-only if $4 is "ro", run the rest; then list
@@ -114,3 +114,22 @@ def test_an_output_folder_under_a_file_is_one_line(pipeline, tmp_path):
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert_one_error(result, f"a part of the path is a file, not a folder ({outputs}")
     assert blocker.read_text() == "not a folder"
+
+
+def test_a_damaged_adapter_stops_merge_in_one_line_and_train_writes_it_anew(pipeline, tmp_path):
+    tmp, run = pipeline
+    copy = tmp_path / "runs" / "smoke"
+    shutil.copytree(run, copy)
+    adapter = copy / "adapter" / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[:1000])
+    (tmp_path / "base").symlink_to(tmp / "base")
+    merged_before = (copy / "merged" / "model.safetensors").read_bytes()
+
+    result = run_stage("fine_tune.merge", tmp_path, check=False)
+    assert_one_error(result, f"the adapter in {copy / 'adapter'} is damaged: adapter_model.safetensors")
+    assert (copy / "merged" / "model.safetensors").read_bytes() == merged_before
+
+    result = run_stage("fine_tune.train", tmp_path)
+    assert "adapter written from" in result.stderr
+    assert adapter.read_bytes() == (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    run_stage("fine_tune.merge", tmp_path)
