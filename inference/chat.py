@@ -1,8 +1,9 @@
 """`make chat MODEL=...`: a multi-turn chat in the Llama-2 format, each answer streamed as it comes.
 
 Commands: /base and /tuned switch model and keep the conversation, so the other model continues it;
-/clear forgets the conversation; /help; /quit (or the end of input) leaves. When the conversation
-outgrows the model's context, its oldest turns are dropped.
+/clear forgets the conversation; /help; /quit, Ctrl-D or Ctrl-C at the prompt leaves. Ctrl-C during an
+answer stops that answer and leaves its turn out of the conversation. When the conversation outgrows the
+model's context, its oldest turns are dropped.
 """
 
 from __future__ import annotations
@@ -12,25 +13,39 @@ import gc
 from collections.abc import Sequence
 
 from core.cli import run_stage, stage_parser
-from core.config import Config
+from core.config import Config, InferenceConfig
 from core.errors import UserError
 from core.prompts import render_prompt
-from inference.generate import AnswerStreamer, generate, load_model, resolve_model
+from inference.generate import (
+    add_model_option,
+    context_length,
+    load_model,
+    resolve_model,
+    stream_answer,
+    too_long,
+)
 
 HELP = "commands: /base, /tuned (switch model, keep the conversation), /clear (forget it), /help, /quit"
 
 
 def fitted_prompt(
-    tokenizer, user: str, system: str | None, history: Sequence[tuple[str, str]], max_tokens: int
+    tokenizer,
+    user: str,
+    system: str | None,
+    history: Sequence[tuple[str, str]],
+    context: int,
+    settings: InferenceConfig,
 ) -> tuple[str, int]:
-    """The rendered prompt with as many recent turns as fit in `max_tokens`, and how many were dropped."""
+    """The rendered prompt with as many recent turns as leave room for the answer in the context, and how
+    many were dropped."""
     for dropped in range(len(history) + 1):
         prompt = render_prompt(
             user, system, history[dropped:], eos_token=tokenizer.eos_token, bos_token=tokenizer.bos_token
         )
-        if len(tokenizer(prompt)["input_ids"]) <= max_tokens:
+        tokens = len(tokenizer(prompt)["input_ids"])
+        if tokens <= context - settings.max_new_tokens:
             return prompt, dropped
-    raise UserError(f"the message is too long for the model's context ({max_tokens} prompt tokens)")
+    raise too_long("your message", tokens, context, settings)
 
 
 class ChatSession:
@@ -39,28 +54,38 @@ class ChatSession:
         self.tuned_name = "new_model" if model_name == "base" else model_name
         self.history: list[tuple[str, str]] = []
         self.name = model_name
-        self.model = self.tokenizer = None
+        self.model = self.tokenizer = self.source = None
+        self.context = 0
         self.switch(model_name)
 
     def switch(self, name: str) -> None:
-        """Load another model; an unknown or missing one leaves the current one in place."""
+        """Load another model; an unknown, missing or damaged one leaves the current one in place."""
         source = resolve_model(self.config, name)
-        self.model = None
+        context = context_length(self.config, source)
+        self.model = None  # freed first: two 7B models may not fit in memory together
         gc.collect()
-        self.model, self.tokenizer = load_model(source, self.config)
-        self.name = name
+        try:
+            self.model, self.tokenizer = load_model(source, self.config)
+        except UserError:
+            if self.source is not None:
+                self.model, self.tokenizer = load_model(self.source, self.config)
+            raise
+        self.name, self.context, self.source = name, context, source
         print(f"(model: {name})", flush=True)
 
     def reply(self, user: str) -> None:
         settings = self.config.inference
-        room = getattr(self.model.config, "max_position_embeddings", 4096) - settings.max_new_tokens
         system = self.config.data.system_prompt
-        prompt, dropped = fitted_prompt(self.tokenizer, user, system, self.history, room)
+        prompt, dropped = fitted_prompt(self.tokenizer, user, system, self.history, self.context, settings)
         if dropped:
             del self.history[:dropped]
             print(f"(dropped the {dropped} oldest turn(s) to fit the context)", flush=True)
         print(f"{self.name}> ", end="", flush=True)
-        (answer,) = generate(self.model, self.tokenizer, [prompt], settings, AnswerStreamer(self.tokenizer))
+        try:
+            answer = stream_answer(self.model, self.tokenizer, prompt, settings)
+        except KeyboardInterrupt:
+            print("\n(answer stopped; this turn is left out of the conversation)", flush=True)
+            return
         self.history.append((user, answer.text))
 
     def command(self, line: str) -> bool:
@@ -83,7 +108,7 @@ def main(config: Config, args: argparse.Namespace) -> None:
     while True:
         try:
             line = input("you> ").strip()
-        except EOFError:
+        except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C at the prompt: leave
             print()
             return
         try:
@@ -98,5 +123,5 @@ def main(config: Config, args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = stage_parser(__doc__.splitlines()[0])
-    parser.add_argument("--model", default="new_model", help="new_model, base, a local folder or a Hub id")
+    add_model_option(parser)
     run_stage(main, parser)

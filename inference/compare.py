@@ -5,6 +5,9 @@ The prompts: the first `inference.compare_examples` validation examples, then th
 tokens and EOS only), stop rate, the fraction of fenced Python code blocks that parse, ROUGE-L against
 the reference answer, mean answer length and tokens/s (see inference/metrics.py). Writes
 runs/<run>/reports/compare.md, compare.html and compare.json, and prints the summary table.
+
+Both models are found, and every prompt is checked against each model's context, before any work; the
+answers are logged per batch as they come.
 """
 
 from __future__ import annotations
@@ -19,7 +22,16 @@ import torch
 from core.cli import run_stage, stage_parser
 from core.config import Config
 from core.runs import RunPaths, require, write_json_atomic, write_text_atomic
-from inference.generate import Answer, generate, load_model, resolve_model
+from inference.generate import (
+    Answer,
+    ModelSource,
+    add_model_option,
+    check_prompts_fit,
+    decoding_settings,
+    generate,
+    load_model,
+    resolve_model,
+)
 from inference.metrics import completion_labels, rouge_l, summarize, summed_token_loss
 from inference.prompts_file import PromptRequest, read_prompts
 from inference.report import html_report, markdown_report, summary_table
@@ -49,13 +61,17 @@ def validation_loss(model, tokenizer, rows: list[dict], batch_size: int) -> floa
 
 
 def evaluate_model(
-    config: Config, name: str, rows: list[dict], prompts: list[str]
+    config: Config, label: str, source: ModelSource, rows: list[dict], prompts: list[str]
 ) -> tuple[float, list[Answer], float]:
     """One model's validation loss, its answers and the seconds they took; the model is freed after."""
-    model, tokenizer = load_model(resolve_model(config, name), config)
+    model, tokenizer = load_model(source, config)
     loss = validation_loss(model, tokenizer, rows, config.inference.batch_size)
+
+    def progress(answered: int, total: int) -> None:
+        log.info("%s: %d of %d prompts answered", label, answered, total)
+
     started = time.perf_counter()
-    answers = generate(model, tokenizer, prompts, config.inference)
+    answers = generate(model, tokenizer, prompts, config.inference, progress=progress)
     seconds = time.perf_counter() - started
     del model
     gc.collect()
@@ -90,11 +106,15 @@ def main(config: Config, args: argparse.Namespace) -> None:
 
     items = comparison_items(rows, hand_written, config.data.system_prompt)
     prompts = [item["prompt"] for item in items]
+    sources = {"base": resolve_model(config, "base"), "fine-tuned": resolve_model(config, args.model)}
+    where = [item["kind"] for item in items[: len(rows)]] + [request.where for request in hand_written]
+    for source in sources.values():
+        check_prompts_fit(config, source, list(zip(where, prompts, strict=True)))
 
     summary = {}
-    for label, name in {"base": "base", "fine-tuned": args.model}.items():
+    for label, source in sources.items():
         log.info("%s: loss on %d validation answers, then %d prompts", label, len(rows), len(prompts))
-        loss, answers, seconds = evaluate_model(config, name, rows, prompts)
+        loss, answers, seconds = evaluate_model(config, label, source, rows, prompts)
         scores = [
             None if it["reference"] is None else rouge_l(a.text, it["reference"])
             for it, a in zip(items, answers, strict=True)
@@ -108,12 +128,11 @@ def main(config: Config, args: argparse.Namespace) -> None:
                 "rouge_l": None if score is None else round(score, 4),
             }
 
-    settings = config.inference
     report = {
         "run": config.run.name,
         "model": args.model,
         "examples": {"validation": len(rows), "hand_written": len(hand_written)},
-        "decoding": settings.model_dump(include={"max_new_tokens", "do_sample", "temperature", "top_p"}),
+        "decoding": decoding_settings(config.inference),
         "summary": summary,
         "items": items,
     }
@@ -126,7 +145,5 @@ def main(config: Config, args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = stage_parser(__doc__.splitlines()[0])
-    parser.add_argument(
-        "--model", default="new_model", help="the fine-tuned side: new_model, a local folder or a Hub id"
-    )
+    add_model_option(parser, "the fine-tuned side")
     run_stage(main, parser)

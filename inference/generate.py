@@ -1,20 +1,46 @@
-"""Loading a model by name and generating answers in batches: left padding, KV cache, stop at EOS."""
+"""Loading a model by name and generating answers in batches: left padding, KV cache, stop at EOS.
+
+What the inference commands share: the `--model` option and what it names, loading with one-line errors
+that say what is damaged and what to do, the check that every prompt fits the model's context, the
+decoding settings and their description, and the note that a model of a few million parameters
+answers with noise.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from core.config import Config, InferenceConfig
+from core.config import HUB_REPO_ID, Config, InferenceConfig
 from core.errors import UserError
-from core.model import load_tokenizer, model_dtype, quantization_config, resolve_base
+from core.hub import REPO_ID_RULES, failure_reason, offline_variable, shortened
+from core.model import embedded_base_dir, load_tokenizer, model_dtype, quantization_config, resolve_base
 from core.runs import RunPaths
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+log = logging.getLogger(__name__)
+
+# A model's context when its config states none (Llama-2's).
+DEFAULT_CONTEXT = 4096
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # a fast tokenizer, or a SentencePiece model
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+# Below this many parameters a model shows the pipeline's mechanics, not useful answers: the embedded
+# default has about 5 million, the smallest models that answer sensibly a few hundred million.
+SMALL_MODEL_PARAMETERS = 50_000_000
+SMALL_MODEL_NOTE = (
+    "note: this model has a few million parameters, like the embedded default: it shows how the pipeline "
+    "works, and its answers are expected to be noise. For real answers, fine-tune a real base on a GPU "
+    "(make all CONFIG=configs/llama2-7b-python.yaml) or ask a Hub model (MODEL=org/name)"
+)
 
 
 @dataclass(frozen=True)
@@ -22,6 +48,15 @@ class ModelSource:
     label: str  # what the user asked for: new_model, base, a path or a Hub id
     path: str  # a local folder or a Hub id
     is_adapter: bool
+
+
+def add_model_option(parser: argparse.ArgumentParser, role: str = "the model") -> None:
+    """The `--model` option of infer, chat and compare (make's MODEL=)."""
+    parser.add_argument(
+        "--model",
+        default="new_model",
+        help=f"{role}: new_model, base, a local folder or a Hub id (user/name)",
+    )
 
 
 def resolve_model(config: Config, name: str) -> ModelSource:
@@ -42,48 +77,214 @@ def resolve_model(config: Config, name: str) -> ModelSource:
         if (local / "config.json").is_file():
             return ModelSource(name, str(local), is_adapter=False)
         raise UserError(f"{local} holds neither a model (config.json) nor an adapter (adapter_config.json)")
-    if HUB_ID.match(name) and not local.exists():
-        import httpx2
-        from huggingface_hub import HfApi, constants
-        from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
-
-        from core.hub import failure_reason
-
-        try:
-            files = {sibling.rfilename for sibling in HfApi().model_info(name).siblings or []}
-        except RepositoryNotFoundError:
-            raise UserError(
-                f"model {name} not found on the Hub ({constants.ENDPOINT}): check the id, and for a private "
-                "repo, the token (HF_TOKEN or `hf auth login`)"
-            ) from None
-        except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.TransportError, OSError) as error:
-            raise UserError(f"cannot reach model {name} on the Hub: {failure_reason(error)}") from None
-        return ModelSource(name, name, is_adapter="adapter_config.json" in files)
+    if re.fullmatch(HUB_REPO_ID, name) and not local.exists():
+        return hub_model(name)
     raise UserError(
-        f"unknown model {name!r}: use new_model, base, a local model folder or a Hub id (user/name)"
+        f"unknown model {shortened(name)!r}: use new_model, base, a local model folder or a Hub id "
+        "(user/name)"
     )
+
+
+def hub_model(repo_id: str) -> ModelSource:
+    """A model or adapter on the Hub; offline, one that the local Hub cache holds."""
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise UserError(
+            f"unknown model {shortened(repo_id)!r}: not a local folder, nor a valid Hub id ({REPO_ID_RULES})"
+        ) from None
+    offline = offline_variable()
+    if offline:
+        cached = {
+            name
+            for name in ("adapter_config.json", "config.json")
+            if isinstance(try_to_load_from_cache(repo_id, name), str)
+        }
+        if not cached:
+            raise UserError(
+                f"cannot reach model {repo_id} on the Hub: {offline} is set (the Hub client is offline) "
+                f"and the local Hub cache does not hold it; unset {offline} to download it, or pass a local "
+                "model folder (MODEL=path/to/model)"
+            )
+        return ModelSource(repo_id, repo_id, is_adapter="adapter_config.json" in cached)
+    try:
+        files = {sibling.rfilename for sibling in HfApi().model_info(repo_id).siblings or []}
+    except RepositoryNotFoundError:
+        raise UserError(
+            f"model {repo_id} not found on the Hub ({constants.ENDPOINT}): check the id, and for a private "
+            "repo, the token (HF_TOKEN or `hf auth login`)"
+        ) from None
+    except (HfHubHTTPError, OSError) as error:  # OSError: the client's network errors are ConnectionErrors
+        raise UserError(f"cannot reach model {repo_id} on the Hub: {failure_reason(error)}") from None
+    return ModelSource(repo_id, repo_id, is_adapter="adapter_config.json" in files)
+
+
+def repair_hint(config: Config, location: str) -> str:
+    """What to do when the model files at `location` (a local folder or a Hub id) cannot be loaded."""
+    local = Path(location)
+    if not local.is_dir():
+        offline = offline_variable()
+        if offline:
+            return f"{offline} is set: unset it so that missing files are downloaded"
+        return f"remove the downloaded copy (`hf cache rm model/{location}`) and try again"
+    paths = RunPaths.of(config)
+    hints = {
+        paths.merged.resolve(): "run `make merge` again",
+        paths.adapter.resolve(): "run `make train` again (it rewrites a damaged adapter from its checkpoint)",
+    }
+    if config.model.name_or_path == "embedded":
+        hints[embedded_base_dir(config.model.embedded)] = f"delete {local} and run `make base`"
+    return hints.get(
+        local.resolve(),
+        f"replace the damaged files in {local} (run what wrote them again, or copy them again)",
+    )
+
+
+def damage(error: BaseException) -> str:
+    """What a loading error says is wrong with the files, in one line."""
+    from safetensors import SafetensorError
+
+    if isinstance(error, SafetensorError):
+        return f"a safetensors weights file is cut short or not safetensors ({error})"
+    if isinstance(error, json.JSONDecodeError):
+        return f"a JSON file is cut short or not JSON ({error.msg} at line {error.lineno})"
+    return shortened(" ".join(str(error).split()), 240)
+
+
+def require_file(config: Config, what: str, location: str, names: Sequence[str]) -> None:
+    """A UserError when `location` is a folder that holds none of the files `names` (the loaders would
+    take the folder for a Hub id, or say something obscure)."""
+    folder = Path(location)
+    if folder.is_dir() and not any((folder / name).is_file() for name in names):
+        raise UserError(
+            f"cannot load {what} from {location}: no {' or '.join(names)}; {repair_hint(config, location)}"
+        )
+
+
+@contextmanager
+def loading(config: Config, what: str, location: str) -> Iterator[None]:
+    """Turns a failure to load `what` from `location` into one line: what is wrong and what to do.
+
+    The loaders raise OSError for missing files and configs that are not JSON, ValueError (JSONDecodeError
+    among them) for damaged tokenizer or adapter files, and SafetensorError for weights cut short or garbage.
+    """
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, SafetensorError) as error:
+        raise UserError(
+            f"cannot load {what} from {location}: {damage(error)}; {repair_hint(config, location)}"
+        ) from None
+
+
+def adapter_base(config: Config, source: ModelSource) -> tuple[str, str | None]:
+    """The base an adapter names in its adapter_config.json, and the revision to load it at."""
+    from peft import PeftConfig
+
+    with loading(config, "the adapter config", source.path):
+        adapter_config = PeftConfig.from_pretrained(source.path)
+    return adapter_config.base_model_name_or_path, adapter_config.revision
+
+
+def context_length(config: Config, source: ModelSource) -> int:
+    """The model's context in tokens (`max_position_embeddings`), read from its config, not its weights."""
+    from transformers import AutoConfig
+
+    location = adapter_base(config, source)[0] if source.is_adapter else source.path
+    with loading(config, "the model config", location):
+        model_config = AutoConfig.from_pretrained(location)
+    return getattr(model_config, "max_position_embeddings", DEFAULT_CONTEXT)
+
+
+def load_model_tokenizer(config: Config, source: ModelSource):
+    """The tokenizer, set for batched generation (left padding, a pad token that is not EOS)."""
+    require_file(config, "the tokenizer", source.path, TOKENIZER_FILES)
+    with loading(config, "the tokenizer", source.path):
+        return load_tokenizer(source.path, padding_side="left")
+
+
+def too_long(where: str | None, tokens: int, context: int, settings: InferenceConfig) -> UserError:
+    """The error for a prompt whose `tokens` leave no room for the answer in the model's context."""
+    room = max(context - settings.max_new_tokens, 0)
+    prefix = f"{where}: " if where else ""
+    return UserError(
+        f"{prefix}the prompt is {tokens:,} tokens, more than the {room:,} that fit: the model's context of "
+        f"{context:,} tokens (max_position_embeddings) minus inference.max_new_tokens "
+        f"{settings.max_new_tokens:,}; shorten it, or lower inference.max_new_tokens"
+    )
+
+
+def check_prompts_fit(config: Config, source: ModelSource, prompts: Sequence[tuple[str | None, str]]) -> None:
+    """Every (where, rendered prompt) leaves room for the answer in the model's context; checked before the
+    weights are loaded, from the tokenizer and the config alone."""
+    context = context_length(config, source)
+    tokenizer = load_model_tokenizer(config, source)
+    for where, prompt in prompts:
+        tokens = len(tokenizer(prompt)["input_ids"])
+        if tokens > context - config.inference.max_new_tokens:
+            raise too_long(where, tokens, context, config.inference)
 
 
 def load_model(source: ModelSource, config: Config):
     """The model in eval mode and its tokenizer, set for batched generation (left padding, a pad != EOS).
 
     With `inference.load_in_4bit` the weights are quantized on load as `quant.*` says (NF4 by default),
-    so that a 7B model answers on a small GPU; bitsandbytes also runs it on a CPU, slowly.
+    so that a 7B model answers on a small GPU; bitsandbytes also runs it on a CPU, slowly. An adapter's
+    base is loaded first, on its own, so that a damaged base and a damaged adapter are told apart.
     """
     from transformers import AutoModelForCausalLM
 
+    tokenizer = load_model_tokenizer(config, source)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     options: dict[str, Any] = {"dtype": model_dtype(), "device_map": {"": device}}
     if config.inference.load_in_4bit:
         options["quantization_config"] = quantization_config(config)
     if source.is_adapter:
-        from peft import AutoPeftModelForCausalLM
+        from peft import PeftModel
 
-        model = AutoPeftModelForCausalLM.from_pretrained(source.path, **options)
+        base, revision = adapter_base(config, source)
+        with loading(config, "the base model the adapter names", base):
+            model = AutoModelForCausalLM.from_pretrained(base, revision=revision, **options)
+        require_file(config, "the adapter", source.path, ADAPTER_WEIGHTS)
+        with loading(config, "the adapter", source.path):
+            model = PeftModel.from_pretrained(model, source.path)
     else:
-        model = AutoModelForCausalLM.from_pretrained(source.path, **options)
-    tokenizer = load_tokenizer(source.path, padding_side="left")
+        with loading(config, "the model", source.path):
+            model = AutoModelForCausalLM.from_pretrained(source.path, **options)
+    if model.num_parameters() < SMALL_MODEL_PARAMETERS:
+        note_small_model()
     return model.eval(), tokenizer
+
+
+@cache  # once per process: compare and chat load several models
+def note_small_model() -> None:
+    log.info(SMALL_MODEL_NOTE)
+
+
+def decoding_settings(settings: InferenceConfig) -> dict[str, Any]:
+    """Every setting that decides the answers: max_new_tokens, do_sample and repetition_penalty, and when
+    sampling, temperature, top_p and seed."""
+    names = {"max_new_tokens", "do_sample", "repetition_penalty"}
+    if settings.do_sample:
+        names |= {"temperature", "top_p", "seed"}
+    return settings.model_dump(include=names)
+
+
+def describe_decoding(decoding: dict[str, Any]) -> str:
+    """The decoding settings in words, for reports and closing lines."""
+    mode = "greedy"
+    if decoding["do_sample"]:
+        mode = f"sampling (temperature {decoding['temperature']}, top_p {decoding['top_p']}, "
+        mode += f"seed {decoding['seed']})"
+    return (
+        f"{mode}, repetition_penalty {decoding['repetition_penalty']}, "
+        f"max_new_tokens {decoding['max_new_tokens']}"
+    )
 
 
 def decoding_options(settings: InferenceConfig, tokenizer) -> dict[str, Any]:
@@ -92,16 +293,9 @@ def decoding_options(settings: InferenceConfig, tokenizer) -> dict[str, Any]:
     `max_new_tokens` counts the answer only, never the prompt. Every way of generating here (batched,
     streamed, and the benchmark's pipeline baseline) decodes with exactly these options.
     """
-    options: dict[str, Any] = {
-        "max_new_tokens": settings.max_new_tokens,
-        "do_sample": settings.do_sample,
-        "repetition_penalty": settings.repetition_penalty,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-        "use_cache": True,
-    }
-    if settings.do_sample:
-        options.update(temperature=settings.temperature, top_p=settings.top_p)
+    options = decoding_settings(settings)
+    options.pop("seed", None)  # set once before generating, not an option of `generate`
+    options.update(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, use_cache=True)
     return options
 
 
@@ -121,12 +315,18 @@ def answer_from_tokens(tokenizer, new_tokens: list[int]) -> Answer:
 
 @torch.no_grad()
 def generate(
-    model, tokenizer, prompts: list[str], settings: InferenceConfig, streamer: Any = None
+    model,
+    tokenizer,
+    prompts: list[str],
+    settings: InferenceConfig,
+    streamer: Any = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[Answer]:
     """Answer rendered prompts in batches; only the generated answer is returned, never the prompt.
 
     Prompts are batched by length so that little padding is computed, and answered in their own order.
-    A `streamer` (which transformers allows only for a batch of one) receives the tokens as they come.
+    A `streamer` (which transformers allows only for a batch of one) receives the tokens as they come;
+    `progress` is called after each batch with the number of prompts answered and the total.
     """
     if settings.do_sample:
         from transformers import set_seed
@@ -143,7 +343,15 @@ def generate(
         output = model.generate(**batch, streamer=streamer, **options)
         for index, row in zip(indices, output[:, batch["input_ids"].shape[1] :].tolist(), strict=True):
             answers[index] = answer_from_tokens(tokenizer, row)
+        if progress is not None:
+            progress(len(answers), len(prompts))
     return [answers[index] for index in range(len(prompts))]
+
+
+def stream_answer(model, tokenizer, prompt: str, settings: InferenceConfig) -> Answer:
+    """Answer one rendered prompt, printing the answer to stdout as it is generated."""
+    (answer,) = generate(model, tokenizer, [prompt], settings, streamer=AnswerStreamer(tokenizer))
+    return answer
 
 
 class AnswerStreamer:

@@ -19,14 +19,19 @@ class PromptRequest:
     prompt: str
     system: str | None = None  # None: the configured system prompt
     reference: str | None = None
+    where: str | None = None  # how messages name it: "prompts.txt line 3"
 
     def rendered(self, default_system: str | None) -> str:
         return render_prompt(self.prompt, default_system if self.system is None else self.system)
 
 
-def parse_prompt_lines(text: str) -> list[PromptRequest]:
+def parse_prompt_lines(text: str, source: str) -> list[PromptRequest]:
     """One prompt per non-blank line."""
-    return [PromptRequest(line.strip()) for line in text.splitlines() if line.strip()]
+    return [
+        PromptRequest(line.strip(), where=f"{source} line {number}")
+        for number, line in enumerate(text.splitlines(), 1)
+        if line.strip()
+    ]
 
 
 def parse_prompt_jsonl(text: str, source: str) -> list[PromptRequest]:
@@ -50,9 +55,8 @@ def parse_prompt_jsonl(text: str, source: str) -> list[PromptRequest]:
         for field in ("system", "reference"):
             if record.get(field) is not None and not isinstance(record[field], str):
                 raise UserError(f"{where}: `{field}` must be a string or null")
-        requests.append(
-            PromptRequest(record["prompt"].strip(), record.get("system"), record.get("reference"))
-        )
+        prompt, system, reference = record["prompt"].strip(), record.get("system"), record.get("reference")
+        requests.append(PromptRequest(prompt, system, reference, where))
     return requests
 
 
@@ -64,7 +68,8 @@ def read_prompts(path: Path) -> list[PromptRequest]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise UserError(f"prompts file {path} is not UTF-8 text") from None
-    requests = parse_prompt_jsonl(text, str(path)) if path.suffix == ".jsonl" else parse_prompt_lines(text)
+    parse = parse_prompt_jsonl if path.suffix == ".jsonl" else parse_prompt_lines
+    requests = parse(text, str(path))
     if not requests:
         raise UserError(f"prompts file {path} holds no prompts")
     return requests

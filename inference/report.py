@@ -7,6 +7,7 @@ import html
 import re
 from typing import Any
 
+from inference.generate import describe_decoding
 from inference.metrics import split_fenced
 
 METRICS = {
@@ -53,12 +54,11 @@ def answer_caption(answer: dict[str, Any]) -> str:
 
 
 def describe(report: dict[str, Any]) -> str:
-    counts, decoding = report["examples"], report["decoding"]
-    mode = "greedy" if not decoding["do_sample"] else f"sampling (temperature {decoding['temperature']})"
+    counts = report["examples"]
     return (
         f"Run {report['run']}: {counts['validation']} validation examples and {counts['hand_written']} "
-        f"hand-written prompts, answered by each model ({mode}, at most {decoding['max_new_tokens']} new "
-        "tokens). Loss and perplexity are teacher-forced on the validation answers only."
+        f"hand-written prompts, answered by each model (decoding: {describe_decoding(report['decoding'])}). "
+        "Loss and perplexity are teacher-forced on the validation answers only."
     )
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.errors import UserError
 from core.prompts import render_prompt
 from inference.chat import fitted_prompt
 from inference.generate import ModelSource, decoding_options, generate, load_model
@@ -119,11 +120,20 @@ def test_four_bit_loading_quantizes_and_still_answers(smoke_base_dir, tmp_path, 
     assert answer.new_tokens > 0
 
 
-def test_chat_prompt_drops_the_oldest_turns_to_fit(smoke_tokenizer):
+def test_chat_prompt_drops_the_oldest_turns_to_fit(smoke_tokenizer, settings):
     history = [(f"question {n} " + "word " * 20, f"answer {n} " + "word " * 20) for n in range(4)]
-    full, dropped = fitted_prompt(smoke_tokenizer, "last?", "Be brief.", history, max_tokens=10_000)
+    full, dropped = fitted_prompt(smoke_tokenizer, "last?", "Be brief.", history, 10_000, settings)
     assert dropped == 0 and full == render_prompt("last?", "Be brief.", history)
     limit = len(smoke_tokenizer(render_prompt("last?", "Be brief.", history[2:]))["input_ids"])
-    fitted, dropped = fitted_prompt(smoke_tokenizer, "last?", "Be brief.", history, max_tokens=limit)
+    context = limit + settings.max_new_tokens  # room for exactly the last two turns and the answer
+    fitted, dropped = fitted_prompt(smoke_tokenizer, "last?", "Be brief.", history, context, settings)
     assert dropped == 2 and fitted == render_prompt("last?", "Be brief.", history[2:])
     assert fitted.startswith("[INST] <<SYS>>\nBe brief.")  # the system prompt stays with the first turn kept
+    with pytest.raises(UserError) as error:
+        fitted_prompt(smoke_tokenizer, "word " * 300, "Be brief.", history, context, settings)
+    tokens = len(smoke_tokenizer(render_prompt("word " * 300, "Be brief."))["input_ids"])
+    assert str(error.value) == (
+        f"your message: the prompt is {tokens} tokens, more than the {limit} that fit: the model's context "
+        f"of {context} tokens (max_position_embeddings) minus inference.max_new_tokens "
+        f"{settings.max_new_tokens}; shorten it, or lower inference.max_new_tokens"
+    )

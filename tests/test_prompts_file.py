@@ -10,10 +10,10 @@ from inference.__main__ import requests_from_args
 from inference.prompts_file import PromptRequest, parse_prompt_jsonl, parse_prompt_lines, read_prompts
 
 
-def test_plain_text_is_one_prompt_per_non_blank_line():
-    assert parse_prompt_lines("  first?  \n\n second \n") == [
-        PromptRequest("first?"),
-        PromptRequest("second"),
+def test_plain_text_is_one_prompt_per_non_blank_line_named_by_its_line():
+    assert parse_prompt_lines("  first?  \n\n second \n", "p.txt") == [
+        PromptRequest("first?", where="p.txt line 1"),
+        PromptRequest("second", where="p.txt line 3"),
     ]
 
 
@@ -21,9 +21,9 @@ def test_jsonl_reads_prompt_system_and_reference():
     text = '{"prompt": "a?"}\n\n{"prompt": "b?", "system": "", "reference": "B."}\n'
     text += '{"prompt": "c", "system": null}\n'
     assert parse_prompt_jsonl(text, "p.jsonl") == [
-        PromptRequest("a?"),
-        PromptRequest("b?", system="", reference="B."),
-        PromptRequest("c"),
+        PromptRequest("a?", where="p.jsonl line 1"),
+        PromptRequest("b?", system="", reference="B.", where="p.jsonl line 3"),
+        PromptRequest("c", where="p.jsonl line 4"),
     ]
 
 
@@ -52,8 +52,10 @@ def test_a_bad_jsonl_line_is_named(line, message):
 def test_read_prompts_picks_the_format_by_suffix_and_rejects_missing_or_empty_files(tmp_path):
     (tmp_path / "p.jsonl").write_text('{"prompt": "a?"}\n')
     (tmp_path / "p.txt").write_text('{"prompt": "a?"}\n')
-    assert read_prompts(tmp_path / "p.jsonl") == [PromptRequest("a?")]
-    assert read_prompts(tmp_path / "p.txt") == [PromptRequest('{"prompt": "a?"}')]
+    assert read_prompts(tmp_path / "p.jsonl") == [PromptRequest("a?", where=f"{tmp_path / 'p.jsonl'} line 1")]
+    assert read_prompts(tmp_path / "p.txt") == [
+        PromptRequest('{"prompt": "a?"}', where=f"{tmp_path / 'p.txt'} line 1")
+    ]
     (tmp_path / "empty.txt").write_text(" \n\n")
     with pytest.raises(UserError, match="holds no prompts"):
         read_prompts(tmp_path / "empty.txt")
@@ -65,7 +67,7 @@ def test_infer_takes_a_prompt_or_a_prompts_file_never_both_or_neither(tmp_path):
     (tmp_path / "p.txt").write_text("from a file\n")
     assert requests_from_args(Namespace(prompt=" hi ", prompts_file=None)) == [PromptRequest("hi")]
     from_file = requests_from_args(Namespace(prompt="", prompts_file=str(tmp_path / "p.txt")))
-    assert from_file == [PromptRequest("from a file")]
+    assert from_file == [PromptRequest("from a file", where=f"{tmp_path / 'p.txt'} line 1")]
     with pytest.raises(UserError, match="not both"):
         requests_from_args(Namespace(prompt="hi", prompts_file=str(tmp_path / "p.txt")))
     with pytest.raises(UserError, match="empty prompt"):

@@ -2,6 +2,8 @@
 
 from lxml import etree
 
+from core.config import InferenceConfig
+from inference.generate import decoding_settings
 from inference.report import html_report, markdown_report, summary_table
 
 HOSTILE = "Close </pre><script>alert(\"x\")</script> & <b>bold</b>\x00 'quoted'"
@@ -32,7 +34,7 @@ def make_report() -> dict:
     return {
         "run": "unit",
         "examples": {"validation": 2, "hand_written": 1},
-        "decoding": {"max_new_tokens": 16, "do_sample": False, "temperature": 0.7, "top_p": 0.9},
+        "decoding": {"max_new_tokens": 16, "do_sample": False, "repetition_penalty": 1.3},
         "summary": {"base": summary_values, "fine-tuned": {**summary_values, "stop_rate": 1.0}},
         "items": items,
     }
@@ -79,3 +81,24 @@ def test_summary_table_has_one_row_per_metric_and_a_column_per_model():
     assert table[0] == "| metric | base | fine-tuned |"
     assert "| Python code blocks that parse | n/a | n/a |" in table
     assert len(table) == 2 + 8
+
+
+def test_both_reports_state_every_decoding_setting():
+    greedy = make_report()
+    for text in (markdown_report(greedy), html_report(greedy)):
+        assert "decoding: greedy, repetition_penalty 1.3, max_new_tokens 16" in text
+    sampled = {**greedy, "decoding": decoding_settings(InferenceConfig(do_sample=True, seed=5))}
+    stated = (
+        "decoding: sampling (temperature 0.7, top_p 0.9, seed 5), repetition_penalty 1.0, max_new_tokens 128"
+    )
+    for text in (markdown_report(sampled), html_report(sampled)):
+        assert stated in text
+
+
+def test_the_decoding_settings_are_those_that_decide_the_answers():
+    assert decoding_settings(InferenceConfig(repetition_penalty=1.3)) == {
+        "max_new_tokens": 128, "do_sample": False, "repetition_penalty": 1.3,
+    }  # fmt: skip
+    assert set(decoding_settings(InferenceConfig(do_sample=True))) == {
+        "max_new_tokens", "do_sample", "repetition_penalty", "temperature", "top_p", "seed",
+    }  # fmt: skip
