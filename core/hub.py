@@ -8,17 +8,25 @@ batch and uploads, but not repo creation, repo info, the card check or the commi
 commit POST could commit twice if only its answer was lost). So a whole push is retried instead. That
 is safe because a push is idempotent: the client leaves out files whose content the Hub already has,
 so repeating a push that did land commits nothing.
+
+The client uploads file contents with Xet whenever `hf_xet` is installed (it is a dependency of
+huggingface_hub) and HF_HUB_DISABLE_XET is not set, else with LFS; neither falls back to the other. A
+Xet upload that fails raises hf_xet's plain ConnectionError, RuntimeError or PermissionError, an LFS
+batch that refuses files a ValueError: so a failure is told apart by the client function it came from.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
+import traceback
 from collections.abc import Callable
 from typing import TypeVar
 
 from core.cli import stage_parser
+from core.config import HUB_REPO_ID, PATTERN_MEANINGS
 from core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -32,6 +40,11 @@ FIRST_WAIT_SECONDS = 1.0
 # The client sets no timeout at all, so a stalled connection would hang forever instead of failing
 # and being retried. Per network operation (connect, each read or write), not per whole upload.
 TIMEOUT_SECONDS = 120.0
+# The rules of the client's validate_repo_id, in words: the config's pattern, and what the client adds.
+REPO_ID_RULES = (
+    f"{PATTERN_MEANINGS[HUB_REPO_ID]}; no part may start or end with '-' or '.', hold '--' or '..', or end "
+    "in .git"
+)
 
 
 def push_parser(description: str) -> argparse.ArgumentParser:
@@ -44,6 +57,32 @@ def push_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def offline_variable() -> str | None:
+    """The variable that keeps the Hub client offline (HF_HUB_OFFLINE, or TRANSFORMERS_OFFLINE, which the
+    client reads when HF_HUB_OFFLINE is empty), or None when it is online."""
+    from huggingface_hub import is_offline_mode
+
+    if not is_offline_mode():
+        return None
+    return "HF_HUB_OFFLINE" if os.environ.get("HF_HUB_OFFLINE") else "TRANSFORMERS_OFFLINE"
+
+
+def shortened(text: str, limit: int = 60) -> str:
+    """The text, or its start and its length when it is longer than `limit`."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def check_repo_id(repo_id: str, where: str) -> None:
+    """A UserError in words, naming `where` the id comes from, when the client would refuse the id."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise UserError(f"{where}: {shortened(repo_id)!r} is not a valid repo id: {REPO_ID_RULES}") from None
+
+
 def push_target(repo_id: str | None, field: str, if_configured: bool) -> str | None:
     """The repo to push to, or None (after saying why) when something is missing and `if_configured`."""
     from huggingface_hub import get_token
@@ -53,7 +92,11 @@ def push_target(repo_id: str | None, field: str, if_configured: bool) -> str | N
         missing.append(f"a repo id ({field}, or HUB_REPO=user/name)")
     if get_token() is None:
         missing.append("a token (HF_TOKEN, or `hf auth login`)")
+    offline = offline_variable()
+    if offline:
+        missing.append(f"the Hub client online ({offline} is set: unset it)")
     if not missing:
+        check_repo_id(repo_id, field)
         return repo_id
     message = "push needs " + " and ".join(missing)
     if if_configured:
@@ -89,6 +132,24 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, httpx2.TransportError) or status_of(error) in TRANSIENT_STATUSES
 
 
+def upload_protocol(error: BaseException) -> str | None:
+    """Which protocol, Xet or LFS, was uploading file contents when the error came out of the client."""
+    functions = set()
+    cause: BaseException | None = error
+    while cause is not None:  # the error and what it was raised from
+        functions |= {frame.f_code.co_name for frame, _ in traceback.walk_tb(cause.__traceback__)}
+        cause = cause.__cause__ or cause.__context__
+    if "_upload_xet_files" in functions:
+        return "Xet"
+    return "LFS" if "_upload_files" in functions else None
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """`HTTP 422: <the server's message>` or `<type>: <message>` on one line, at most `limit` long."""
+    message = getattr(error, "server_message", None) or str(error)
+    return shortened(f"{failure_reason(error)}: {' '.join(message.split())}", limit)
+
+
 def describe_failure(error: BaseException, what: str, repo_id: str, attempts: int) -> str:
     """One line naming the repo and what to do about it."""
     status = status_of(error)
@@ -113,8 +174,19 @@ def describe_failure(error: BaseException, what: str, repo_id: str, attempts: in
             f"pushing {what} to {repo_id} failed {attempts} times ({failure_reason(error)}): the Hub or the "
             "network is unavailable; try again later (pushing again is safe)"
         )
-    server_message = getattr(error, "server_message", None) or type(error).__name__
-    return f"pushing {what} to {repo_id} failed (HTTP {status}): {server_message}".replace("\n", " ")
+    protocol, detail = upload_protocol(error), one_line(error)
+    if protocol == "Xet":
+        return (
+            f"the Xet storage upload of {what} to {repo_id} failed ({detail}): push again with "
+            "HF_HUB_DISABLE_XET=1 in the environment to upload through LFS instead"
+        )
+    if protocol == "LFS" and "xet" in detail.lower():
+        return (
+            f"the Hub refused the LFS upload of {what} to {repo_id} and asks for Xet storage ({detail}): "
+            "unset HF_HUB_DISABLE_XET (and `pip install hf_xet` if it is missing) so that the client "
+            "uploads with Xet"
+        )
+    return f"pushing {what} to {repo_id} failed ({detail})"
 
 
 def with_retries(
@@ -126,14 +198,12 @@ def with_retries(
 ) -> T:
     """Run `push`, again after 1, 2, 4, ... seconds on transient failures; any failure left is one line."""
     import httpx2
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    from huggingface_hub.errors import HfHubHTTPError
 
     wait, attempt = first_wait, 1
     while True:
         try:
             return push()
-        except OfflineModeIsEnabled:
-            raise UserError(f"cannot push {what} to {repo_id}: HF_HUB_OFFLINE is set; unset it") from None
         except (HfHubHTTPError, httpx2.TransportError) as error:
             if not is_transient(error) or attempt == attempts:
                 raise UserError(describe_failure(error, what, repo_id, attempt)) from None
@@ -144,3 +214,5 @@ def with_retries(
             )  # fmt: skip
             time.sleep(wait)
             wait *= 2
+        except (OSError, RuntimeError, ValueError) as error:  # the Xet or LFS upload, a file that went away
+            raise UserError(describe_failure(error, what, repo_id, attempt)) from None

@@ -9,6 +9,10 @@ An adapter names its base in adapter_config.json, and a Hub user must be able to
 the pushed copy names the base's Hub id: model.name_or_path when it is one, and for the embedded base,
 which exists on no Hub, <repo>-base, which this stage pushes too (a few MB). The local adapter folder
 keeps its local base path, so everything here still works offline.
+
+Before anything is pushed, every repo id is checked as the client will check it, and every folder to push
+must be whole: its JSON files parse, its safetensors files are complete, and it has weights and a
+tokenizer. A damaged artifact stops the push with one line naming the file and how to make it again.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from pathlib import Path
 from core.cli import run_stage
 from core.config import Config
 from core.errors import UserError
-from core.hub import configure_client, failure_reason, push_parser, push_target, with_retries
+from core.hub import check_repo_id, configure_client, failure_reason, push_parser, push_target, with_retries
 from core.model import resolve_base
 from core.runs import RunPaths, require
 from fine_tune.card import base_hub_id, model_card
+from fine_tune.resume import UnreadableCheckpoint, check_weights, read_json
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,26 @@ def files_to_push(folder: Path) -> list[Path]:
     """The allowlisted files directly in `folder`. Pickles, trainer state, logs and a local README.md
     (the generated card replaces it) stay here; subfolders such as checkpoints are never walked."""
     return sorted(path for path in folder.iterdir() if path.is_file() and PUSHED_FILES.fullmatch(path.name))
+
+
+def check_whole(folder: Path, what: str, remedy: str) -> None:
+    """A UserError naming the file and `remedy` unless the folder holds weights and a tokenizer, its
+    safetensors files are complete and the JSON files it pushes parse."""
+    names = {path.name for path in files_to_push(folder)}
+    problem = None
+    if not any(name.endswith(".safetensors") for name in names):
+        problem = "no weights file (*.safetensors)"
+    elif not names & {"tokenizer.json", "tokenizer.model"}:
+        problem = "no tokenizer file (tokenizer.json or tokenizer.model)"
+    else:
+        try:
+            check_weights(folder)
+            for name in sorted(name for name in names if name.endswith(".json")):
+                read_json(folder / name)
+        except UnreadableCheckpoint as error:  # what resume.py says of a damaged file, naming it
+            problem = str(error)
+    if problem is not None:
+        raise UserError(f"cannot push {what}: in {folder}, {problem}; {remedy}")
 
 
 def adapter_config_for_hub(adapter: Path, base_id: str, base_revision: str | None) -> bytes:
@@ -107,14 +132,23 @@ def main(config: Config, args: argparse.Namespace) -> None:
             f"the base {config.model.name_or_path} is a local folder that Hub users cannot load: name "
             "its Hub id for the push (make push SET=model.name_or_path=org/name)"
         )
+    embedded = config.model.name_or_path == "embedded"
+    merged_repo = f"{repo}-merged"
+    adapter_remedy = "run `make train` again (it rewrites a damaged adapter from its checkpoint)"
+    check_whole(adapter, "the adapter", adapter_remedy)
+    if merged is not None:
+        check_repo_id(merged_repo, "hub.model_repo + '-merged' (the merged model's repo)")
+        check_whole(merged, "the merged model", "run `make merge` again")
+    if embedded:
+        base = Path(resolve_base(config))
+        check_repo_id(base_id, "hub.model_repo + '-base' (the embedded base's repo)")
+        check_whole(base, "the base", f"delete {base} and run `make base`")
     configure_client()
 
-    if config.model.name_or_path == "embedded":
+    if embedded:
         base_revision, license_id = config.hub.revision, None
         card = model_card(config, "base", base_id, None, None)
-        log.info(
-            "base pushed: %s", push_folder(Path(resolve_base(config)), base_id, card, config, "the base")
-        )
+        log.info("base pushed: %s", push_folder(base, base_id, card, config, "the base"))
     else:
         base_revision, license_id = config.model.revision, base_license(base_id)
 
@@ -122,7 +156,6 @@ def main(config: Config, args: argparse.Namespace) -> None:
     hub_config = {"adapter_config.json": adapter_config_for_hub(adapter, base_id, base_revision)}
     log.info("adapter pushed: %s", push_folder(adapter, repo, card, config, "the adapter", hub_config))
     if merged is not None:
-        merged_repo = f"{repo}-merged"
         card = model_card(config, "merged", merged_repo, base_id, license_id)
         log.info(
             "merged model pushed: %s", push_folder(merged, merged_repo, card, config, "the merged model")

@@ -5,6 +5,11 @@ Standard library, and PyYAML for card metadata. The endpoints and headers are th
 names a commit, a commit maps paths to blobs, LFS objects are kept by sha256. Every request is logged,
 and faults can be injected: answer the next N requests whose path matches with a status, or drop the
 connection.
+
+Xet: the server has no Xet storage, so a client that uploads with Xet (hf_xet installed, HF_HUB_DISABLE_XET
+unset) is refused its Xet write token with a 404, as a Hub without Xet does. With `xet_required`, it
+answers like a Hub that stores the repo with Xet only: the LFS batch refuses every object, with the
+Hub's message.
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ REPO = r"(?P<repo>[\w.-]+/[\w.-]+)"
 KIND = r"(?P<kind>models|datasets)"
 PREFIX = r"(?P<prefix>datasets/)?"
 REVISION = r"(?P<rev>[^/]+)"  # URL-quoted, so a branch name with a slash is one segment
+# What the Hub says when it refuses binary files that do not go through Xet storage.
+XET_REQUIRED = (
+    "Your push was rejected because it contains binary files. Please use https://huggingface.co/docs/hub/xet "
+    "to store binary files."
+)
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,7 @@ class HubState:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.lfs_objects: dict[str, bytes] = {}
         self.faults: list[Fault] = []
+        self.xet_required = False  # refuse LFS uploads, as a Hub that stores files with Xet only
         self.requests: list[tuple[str, str, int | None]] = []  # method, path, status
         self.lock = threading.RLock()
         self._commit_counter = 0
@@ -267,6 +278,7 @@ class HubHandler(BaseHTTPRequestHandler):
             ("GET", rf"/api/{KIND}/{REPO}/refs", self.refs),
             ("GET", rf"/api/{KIND}/{REPO}/tree/{REVISION}(?:/(?P<path>.+))?", self.tree),
             ("GET", rf"/api/{KIND}/{REPO}(?:/revision/{REVISION})?", self.repo_info),
+            ("GET", rf"/api/{KIND}/{REPO}/xet-write-token/{REVISION}", self.xet_write_token),
             ("POST", rf"/{PREFIX}{REPO}\.git/info/lfs/objects/batch", self.lfs_batch),
             ("PUT", r"/lfs-upload/(?P<oid>[0-9a-f]{64})", self.lfs_upload),
             ("GET", rf"/{PREFIX}{REPO}/resolve/{REVISION}/(?P<path>.+)", self.resolve),
@@ -397,12 +409,17 @@ class HubHandler(BaseHTTPRequestHandler):
         objects = []
         for item in json.loads(body)["objects"]:
             answer = {"oid": item["oid"], "size": item["size"]}
-            if item["oid"] not in self.state.lfs_objects:
+            if self.state.xet_required:
+                answer["error"] = {"code": 422, "message": XET_REQUIRED}
+            elif item["oid"] not in self.state.lfs_objects:
                 answer["actions"] = {"upload": {"href": f"{self.endpoint}/lfs-upload/{item['oid']}"}}
             objects.append(answer)
         data = json.dumps({"transfer": "basic", "objects": objects}).encode()
         self.send(200, data, {"Content-Type": "application/vnd.git-lfs+json"})
         return 200
+
+    def xet_write_token(self, match: dict[str, str], body: bytes) -> int:
+        raise HubError(404, "Xet storage is not enabled on this server")
 
     def lfs_upload(self, match: dict[str, str], body: bytes) -> int:
         if hashlib.sha256(body).hexdigest() != match["oid"]:
