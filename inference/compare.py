@@ -64,6 +64,7 @@ def evaluate_model(
     config: Config, label: str, source: ModelSource, rows: list[dict], prompts: list[str]
 ) -> tuple[float, list[Answer], float]:
     """One model's validation loss, its answers and the seconds they took; the model is freed after."""
+    log.info("%s: loss on %d validation answers, then %d prompts", label, len(rows), len(prompts))
     model, tokenizer = load_model(source, config)
     loss = validation_loss(model, tokenizer, rows, config.inference.batch_size)
 
@@ -111,10 +112,13 @@ def main(config: Config, args: argparse.Namespace) -> None:
     for source in sources.values():
         check_prompts_fit(config, source, list(zip(where, prompts, strict=True)))
 
+    # The fine-tuned model first: weights too damaged to load then fail before the base's work is done.
+    results = {
+        label: evaluate_model(config, label, sources[label], rows, prompts) for label in reversed(sources)
+    }
     summary = {}
-    for label, source in sources.items():
-        log.info("%s: loss on %d validation answers, then %d prompts", label, len(rows), len(prompts))
-        loss, answers, seconds = evaluate_model(config, label, source, rows, prompts)
+    for label in sources:  # the reports show the base first
+        loss, answers, seconds = results[label]
         scores = [
             None if it["reference"] is None else rouge_l(a.text, it["reference"])
             for it, a in zip(items, answers, strict=True)
