@@ -2,8 +2,10 @@
 
 The client side runs in subprocesses with HF_ENDPOINT pointing at the server (the client reads it at
 import): round trips of the adapter, its base, the merged model and the dataset; `make infer` and
-`make compare` with Hub ids; retries of transient failures; one-line errors for 401, 403 and 404;
-and no file or log holds the token. The tests share one server and run in file order.
+`make compare` with Hub ids, and offline from the Hub cache; retries of transient failures; one-line
+errors for 401, 403 and 404, for a Xet upload that fails and an LFS upload refused for Xet, and for
+damaged folders, invalid repo ids and offline mode before any request; and no file or log holds the
+token. The tests share one server and run in file order.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import torch
 from core.prompts import render_prompt
 from tests.conftest import REPO, run_stage, smoke_config
 from tests.hub_client import check_logits
-from tests.hub_server import Blob, HubServer, Repo
+from tests.hub_server import XET_REQUIRED, Blob, HubServer, Repo
+from tests.test_e2e import assert_one_error
 
 pytestmark = pytest.mark.e2e
 
@@ -54,8 +57,10 @@ def client_env(hub: HubServer, home: Path, token: str = TOKEN) -> dict[str, str]
 
 
 def against(hub: HubServer, outputs: list[str], tmp: Path, module: str, *extra: str, **kwargs):
-    """A stage run with the client pointed at the local server, with a fresh cache."""
+    """A stage run with the client pointed at the local server, with a fresh cache; `env` adds to or
+    replaces the client's variables."""
     env = client_env(hub, tmp / "hf-homes" / str(len(outputs)), kwargs.pop("token", TOKEN))
+    env.update(kwargs.pop("env", {}))
     result = run_stage(module, tmp, *extra, env=env, **kwargs)
     outputs.append(result.stdout + result.stderr)
     return result
@@ -257,6 +262,91 @@ def test_auth_and_missing_repo_errors_are_one_line(pipeline, hub, outputs, modul
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+def test_infer_offline_answers_from_the_hub_cache(pipeline, hub, pushed, outputs):
+    tmp, _ = pipeline
+    home = {"HF_HOME": str(tmp / "hf-homes" / "offline")}
+    question = ["--model", ADAPTER, "--prompt", "How do I reverse a list in Python?"]
+    online = against(hub, outputs, tmp, "inference", *question, env=home)  # fills the cache
+    requests = len(hub.state.requests)
+    offline = against(hub, outputs, tmp, "inference", *question, env={**home, "HF_HUB_OFFLINE": "1"})
+    assert offline.stdout == online.stdout and offline.stdout.strip()
+    assert len(hub.state.requests) == requests  # nothing asked of the Hub
+
+
+def test_xet_refusals_are_one_line_with_the_way_around_and_the_way_around_works(pipeline, hub, outputs):
+    """huggingface_hub uploads with Xet whenever hf_xet is installed and HF_HUB_DISABLE_XET is unset; this
+    server has no Xet storage (its Xet token route answers 404, as a Hub without Xet does), and with
+    `xet_required` it refuses LFS uploads as a Hub that stores files with Xet only."""
+    tmp, _ = pipeline
+    push = ("fine_tune.push", "--set", "hub.model_repo=user/xet")
+    lfs, xet = {"HF_HUB_DISABLE_XET": "1"}, {"HF_HUB_DISABLE_XET": "0"}
+    hub.state.xet_required = True
+    try:
+        refused = against(hub, outputs, tmp, *push, env=lfs, check=False)
+        for part in (
+            "error: the Hub refused the LFS upload of the base to user/xet-base and asks for Xet storage "
+            "(ValueError: LFS batch API returned errors: Encountered error for file with OID ",
+            f"`{XET_REQUIRED}): unset HF_HUB_DISABLE_XET (and `pip install hf_xet` if it is missing) so that "
+            "the client uploads with Xet",
+        ):
+            assert_one_error(refused, part)
+        requests = len(hub.state.requests)
+        with_xet = against(hub, outputs, tmp, *push, env=xet, check=False)  # the way around: Xet is asked
+        paths = [path for _, path, _ in hub.state.requests[requests:]]
+        assert "/api/models/user/xet-base/xet-write-token/main" in paths
+        assert not [path for path in paths if path.endswith("/info/lfs/objects/batch")]
+    finally:
+        hub.state.xet_required = False
+    for part in (
+        "error: the Xet storage upload of the base to user/xet-base failed (ConnectionError: Network error: "
+        "Request error: HTTP status client error (404 Not Found), domain: ",
+        "/api/models/user/xet-base/xet-write-token/main): push again with HF_HUB_DISABLE_XET=1 in the "
+        "environment to upload through LFS instead",
+    ):
+        assert_one_error(with_xet, part)
+    against(hub, outputs, tmp, *push, env=lfs)  # the way around that: LFS, which this Hub takes
+    assert "adapter_model.safetensors" in hub.state.files("model", "user/xet")
+
+
+@pytest.mark.parametrize(
+    ("case", "extra", "env", "message"),
+    [
+        ("offline", [], {"HF_HUB_OFFLINE": "1"},
+         "push needs the Hub client online (HF_HUB_OFFLINE is set: unset it)"),
+        ("long id", ["--set", "hub.model_repo=user/" + "m" * 93], {},
+         "hub.model_repo + '-base' (the embedded base's repo): 'user/" + "m" * 55 + "... (103 characters)' "
+         "is not a valid repo id: a Hub repo id, namespace/name:"),
+        ("long id", ["--set", "hub.model_repo=user/" + "m" * 90, "--set", "hub.push_merged=true"], {},
+         "hub.model_repo + '-merged' (the merged model's repo): 'user/"),
+        ("damaged adapter", [], {},
+         "cannot push the adapter: in {adapter}, adapter_model.safetensors is damaged (Error while "
+         "deserializing header: incomplete metadata, file not fully covered); run `make train` again"),
+        ("no tokenizer", [], {},
+         "cannot push the adapter: in {adapter}, no tokenizer file (tokenizer.json or tokenizer.model); run "
+         "`make train` again"),
+    ],
+)  # fmt: skip
+def test_what_cannot_be_pushed_stops_in_one_line_before_any_request(
+    pipeline, hub, outputs, tmp_path, case, extra, env, message
+):
+    tmp, run = pipeline
+    adapter = tmp_path / "runs" / "smoke" / "adapter"  # a copy, to damage
+    shutil.copytree(run / "adapter", adapter)
+    shutil.copytree(run / "merged", adapter.parent / "merged")
+    if case == "damaged adapter":
+        weights = adapter / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    if case == "no tokenizer":
+        (adapter / "tokenizer.json").unlink()
+    requests = len(hub.state.requests)
+    result = against(
+        hub, outputs, tmp, "fine_tune.push", "--set", "hub.model_repo=user/never",
+        "--set", f"run.output_dir={tmp_path / 'runs'}", *extra, env=env, check=False,
+    )  # fmt: skip
+    assert_one_error(result, "error: " + message.format(adapter=adapter))
+    assert len(hub.state.requests) == requests
 
 
 def test_the_token_is_in_no_file_pushed_or_written_and_no_log(

@@ -19,6 +19,7 @@ from core.model import embedded_base_dir
 from core.prompts import render_prompt
 from inference import __main__ as infer
 from inference import compare
+from inference.chat import ChatSession
 from inference.generate import SMALL_MODEL_NOTE, resolve_model
 from tests.conftest import REPO, run_stage, smoke_config
 from tests.test_e2e import assert_one_error
@@ -117,6 +118,17 @@ def test_through_the_command_a_damaged_model_is_one_line_and_exit_1(run_copy):
         result, f"cannot load the model from {run_folder(run_copy, 'merged')}: {SAFETENSORS_DAMAGE}"
     )
     assert result.stdout == ""
+
+
+def test_chat_switching_to_a_damaged_model_keeps_the_one_it_has(run_copy, capsys):
+    merged = run_folder(run_copy, "merged")
+    cut_short(merged / "model.safetensors")
+    session = ChatSession(smoke_config(run_copy), "base")
+    with pytest.raises(UserError, match=f"^cannot load the model from {merged}: {SAFETENSORS_DAMAGE}"):
+        session.command("/tuned")
+    assert session.name == "base"
+    session.reply("How do I reverse a list?")  # the base answers on
+    assert len(session.history) == 1 and "base> " in capsys.readouterr().out
 
 
 def test_a_hub_id_offline_names_hf_hub_offline_and_what_to_do(pipeline):
