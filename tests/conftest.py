@@ -19,6 +19,9 @@ from core.config import Config, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "configs" / "smoke.yaml"
+LLAMA2_TOKENIZER = (
+    REPO / "tests" / "fixtures" / "llama2-tokenizer"
+)  # Meta's, rebuilt offline: see README.md there
 
 
 def smoke_config(tmp: Path, *overrides: str) -> Config:
@@ -46,6 +49,15 @@ def smoke_tokenizer(smoke_base_dir: Path):
     from core.model import load_tokenizer
 
     return load_tokenizer(str(smoke_base_dir))
+
+
+@pytest.fixture(scope="session")
+def llama2_tokenizer():
+    """Meta's Llama-2 tokenizer as the 7B profile gets it: AutoTokenizer over Meta's tokenizer_config.json
+    (a LlamaTokenizer), through the product's load_tokenizer."""
+    from core.model import load_tokenizer
+
+    return load_tokenizer(str(LLAMA2_TOKENIZER))
 
 
 def run_stage(
