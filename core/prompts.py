@@ -4,11 +4,13 @@
     {system}
     <</SYS>>
 
-    {user} [/INST] {answer} </s>
+    {user} [/INST] {answer} </s><s>[INST] {next user} [/INST]
 
-`<s>` and `</s>` are the tokenizer's BOS and EOS: the tokenizer adds BOS when it encodes, and the
-trainer appends EOS to the completion, so neither is written into the text here (a literal `<s>` in
-the text would give a double BOS).
+This is the format of Meta's reference code (`llama/generation.py`, `chat_completion`) and of the official
+chat template shipped with meta-llama/Llama-2-7b-chat-hf, which LLAMA2_CHAT_TEMPLATE is verbatim: a
+closed turn ends with the answer, one space, then EOS. `<s>` and `</s>` are the tokenizer's BOS and EOS:
+the tokenizer adds the first BOS when it encodes, and the trainer appends EOS to the completion, so
+neither is written into a prompt or a completion here (a literal `<s>` would give a double BOS).
 """
 
 from __future__ import annotations
@@ -28,45 +30,41 @@ def render_prompt(
 ) -> str:
     """The prompt text up to and including the final `[/INST]`, without the leading BOS.
 
-    `history` holds earlier (user, answer) turns of a chat; each closed turn ends with EOS and the next
-    opens with BOS, as Llama-2 chat was trained. The system prompt goes into the first user turn.
+    `history` holds earlier (user, answer) turns of a chat; each closed turn ends with the answer, a space
+    and EOS, and the next opens with BOS. The system prompt goes into the first user turn, and the turn
+    is stripped as a whole, as Meta's code and template do. A blank system prompt means none: the
+    conversation has no system message (the official template would render an empty `<<SYS>>` block).
     """
     turns = [*history, (user, None)]
     parts = []
     for index, (turn_user, turn_answer) in enumerate(turns):
-        text = turn_user.strip()
+        content = turn_user
         if index == 0 and system and system.strip():
-            text = B_SYS + system.strip() + E_SYS + text
+            content = B_SYS + system + E_SYS + content
         opening = "" if index == 0 else bos_token
-        parts.append(f"{opening}{B_INST} {text} {E_INST}")
+        parts.append(f"{opening}{B_INST} {content.strip()} {E_INST}")
         if turn_answer is not None:
             parts.append(render_completion(turn_answer) + eos_token)
     return "".join(parts)
 
 
 def render_completion(answer: str) -> str:
-    """The answer as it follows `[/INST]`: one space, then the text. EOS is appended by the trainer."""
-    return " " + answer.strip()
+    """The answer as it follows `[/INST]` in a closed turn: one space, the text, one space. EOS follows as
+    a token (the trainer appends it), so the target ends `{answer} </s>` like Meta's closed turns."""
+    return " " + answer.strip() + " "
 
 
-# The same format as a Jinja chat template, so that `tokenizer.apply_chat_template` on the saved
-# tokenizer gives exactly what render_prompt gives (a test checks it).
+# The official Llama-2-chat template, character for character, so that `apply_chat_template` on the
+# saved tokenizer, and every server that reads it, gives exactly what render_prompt gives (tests check it).
 LLAMA2_CHAT_TEMPLATE = (
-    "{% if messages[0]['role'] == 'system' %}"
-    "{% set system = messages[0]['content'] | trim %}{% set messages = messages[1:] %}"
-    "{% else %}{% set system = '' %}{% endif %}"
-    "{% for message in messages %}"
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
     "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
-    "{% endif %}"
-    "{% if message['role'] == 'user' %}"
-    "{% set content = message['content'] | trim %}"
-    "{% if loop.index0 == 0 and system %}"
-    "{% set content = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + content %}"
-    "{% endif %}"
-    "{{ bos_token + '[INST] ' + content + ' [/INST]' }}"
-    "{% else %}"
-    "{{ ' ' + message['content'] | trim + eos_token }}"
-    "{% endif %}"
-    "{% endfor %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}"
+    "{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+    "{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}"
 )

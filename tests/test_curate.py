@@ -65,7 +65,7 @@ def test_rows_carry_the_rendered_example_and_its_provenance(tmp_path, smoke_toke
     (row,) = [r for r in train + validation if r["source"] == "stackoverflow"]
     assert row == {
         "prompt": "[INST] <<SYS>>\nBe exact.\n<</SYS>>\n\nQuestion 1\n\nBody `1` [/INST]",
-        "completion": " ```\nprint(1)\n```",
+        "completion": " ```\nprint(1)\n``` ",
         "source": "stackoverflow",
         "source_id": "1",
         "question_score": 1,

@@ -1,8 +1,25 @@
-"""The Llama-2 format, and what the real tokenizer and TRL pipeline make of it: BOS, EOS, loss mask."""
+"""The Llama-2 format, and what the real tokenizers and TRL pipeline make of it: BOS, EOS, loss mask.
+
+Tokenizer tests run on the embedded base's tokenizer and on Meta's Llama-2 tokenizer
+(tests/fixtures/llama2-tokenizer, loaded as the 7B profile loads it)."""
 
 import pytest
 
-from core.prompts import render_completion, render_prompt
+from core.prompts import LLAMA2_CHAT_TEMPLATE, render_completion, render_prompt
+
+# The chat template of meta-llama/Llama-2-7b-chat-hf's tokenizer_config.json, character for character:
+# the reference every rendering of the product is checked against.
+OFFICIAL_LLAMA2_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = "
+    "messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}"
+    "{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0)"
+    " %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + "
+    "system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = "
+    "message['content'] %}{% endif %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + "
+    "content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + "
+    "' ' + eos_token }}{% endif %}{% endfor %}"
+)
 
 SYSTEM = "Be brief."
 EXAMPLES = [
@@ -10,6 +27,47 @@ EXAMPLES = [
     ("What does `yield` do? café", "It makes the function a generator."),
     ("Sort a dict by value", "`sorted(d.items(), key=lambda kv: kv[1])`"),
 ]
+# The three conversations of the format's contract: (system, [(user, answer), ...], final user).
+CONVERSATIONS = {
+    "one turn": (SYSTEM, [], "How do I reverse a list?"),
+    "one turn, no system prompt": (None, [], "How do I reverse a list?"),
+    "closed turns": (
+        SYSTEM,
+        [("first?", "one"), ("How do I\n    indent?", "```python\ndef f():\n    return 1\n```")],
+        "third?",
+    ),
+}
+
+
+def messages(system: str | None, history: list[tuple[str, str]], user: str) -> list[dict[str, str]]:
+    """A conversation as chat messages (a blank system prompt is no system message, as in render_prompt)."""
+    listed = [{"role": "system", "content": system}] if system else []
+    for turn_user, answer in history:
+        listed += [{"role": "user", "content": turn_user}, {"role": "assistant", "content": answer}]
+    return [*listed, {"role": "user", "content": user}]
+
+
+def official_render(system: str | None, history: list[tuple[str, str]], user: str) -> str:
+    """The official template, rendered by the same Jinja machinery transformers uses."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered, _ = render_jinja_template(
+        conversations=[messages(system, history, user)],
+        chat_template=OFFICIAL_LLAMA2_CHAT_TEMPLATE,
+        bos_token="<s>",
+        eos_token="</s>",
+    )
+    return rendered[0]
+
+
+@pytest.fixture(params=["smoke", "llama2"])
+def tokenizer(request):
+    """The embedded base's tokenizer and Meta's Llama-2 tokenizer, each as the product loads it."""
+    return request.getfixturevalue(f"{request.param}_tokenizer")
+
+
+def test_the_chat_template_is_the_official_one_verbatim():
+    assert LLAMA2_CHAT_TEMPLATE == OFFICIAL_LLAMA2_CHAT_TEMPLATE
 
 
 def test_prompt_with_system_prompt_is_exactly_llama2():
@@ -24,55 +82,75 @@ def test_prompt_without_system_prompt():
     assert render_prompt("Hi", "   ") == "[INST] Hi [/INST]"
 
 
-def test_completion_follows_the_prompt_after_one_space():
-    assert render_completion("  answer\n") == " answer"
+def test_completion_is_the_answer_between_two_spaces():
+    assert render_completion("  answer\n") == " answer "
 
 
-def test_history_closes_each_turn_with_eos_and_opens_the_next_with_bos():
+def test_history_closes_each_turn_with_a_space_and_eos_and_opens_the_next_with_bos():
     text = render_prompt("second?", SYSTEM, history=[("first?", "one")])
-    assert text == "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nfirst? [/INST] one</s><s>[INST] second? [/INST]"
+    assert text == "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nfirst? [/INST] one </s><s>[INST] second? [/INST]"
 
 
-def test_chat_template_renders_what_render_prompt_renders(smoke_tokenizer):
-    messages = [
-        {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": "first?"},
-        {"role": "assistant", "content": "one"},
-        {"role": "user", "content": "second?"},
-    ]
-    rendered = smoke_tokenizer.apply_chat_template(messages, tokenize=False)
-    assert rendered == "<s>" + render_prompt("second?", SYSTEM, history=[("first?", "one")])
+@pytest.mark.parametrize("name", CONVERSATIONS)
+def test_render_prompt_is_the_official_template(name):
+    system, history, user = CONVERSATIONS[name]
+    assert "<s>" + render_prompt(user, system, history) == official_render(system, history, user)
 
 
-def test_tokenizer_adds_exactly_one_bos_and_no_eos(smoke_tokenizer):
-    ids = smoke_tokenizer(render_prompt("How?", SYSTEM))["input_ids"]
-    assert ids[0] == smoke_tokenizer.bos_token_id
-    assert ids.count(smoke_tokenizer.bos_token_id) == 1
-    assert smoke_tokenizer.eos_token_id not in ids
+@pytest.mark.parametrize(
+    ("system", "user", "answer"),
+    [
+        ("  padded system \n", "\n  user with spaces  ", "  answer with spaces \n"),
+        ("line one\n\nline two\n", "q", "a"),
+        (None, "\tq\t", "\n\n```\ncode\n```\n"),
+    ],
+)
+def test_whitespace_is_stripped_where_the_official_template_strips_it(system, user, answer):
+    history = [(user, answer)]
+    assert "<s>" + render_prompt(user, system, history) == official_render(system, history, user)
 
 
-def test_training_pad_token_is_never_eos(smoke_tokenizer):
-    assert smoke_tokenizer.pad_token_id is not None
-    assert smoke_tokenizer.pad_token_id != smoke_tokenizer.eos_token_id
-    assert smoke_tokenizer.pad_token == smoke_tokenizer.unk_token
+@pytest.mark.parametrize("name", CONVERSATIONS)
+def test_saved_tokenizer_chat_template_renders_the_product_prompt(name, tokenizer):
+    """Ids are compared with Meta's in tests/test_llama2_tokenizer.py."""
+    system, history, user = CONVERSATIONS[name]
+    prompt = render_prompt(
+        user, system, history, eos_token=tokenizer.eos_token, bos_token=tokenizer.bos_token
+    )
+    assert tokenizer.apply_chat_template(messages(system, history, user), tokenize=False) == "<s>" + prompt
 
 
-def test_byte_fallback_round_trips_any_text(smoke_tokenizer):
+def test_tokenizer_adds_exactly_one_bos_and_no_eos(tokenizer):
+    ids = tokenizer(render_prompt("How?", SYSTEM))["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id
+    assert ids.count(tokenizer.bos_token_id) == 1
+    assert tokenizer.eos_token_id not in ids
+
+
+def test_training_pad_token_is_never_eos(tokenizer):
+    assert tokenizer.pad_token_id is not None
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert tokenizer.pad_token == tokenizer.unk_token
+
+
+def test_byte_fallback_round_trips_any_text(tokenizer):
     text = "naïve café 咖啡 £5 🙂\n    indented\n\n\ttab"
-    ids = smoke_tokenizer(text, add_special_tokens=False)["input_ids"]
-    assert smoke_tokenizer.unk_token_id not in ids
-    assert smoke_tokenizer.decode(ids) == text
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.unk_token_id not in ids
+    assert tokenizer.decode(ids) == text
 
 
-@pytest.fixture(scope="module")
-def prepared(smoke_base_dir, smoke_tokenizer, tmp_path_factory):
-    """The real SFTTrainer over a few rendered examples: its prepared dataset and a collated batch."""
+@pytest.fixture(scope="module", params=["smoke", "llama2"])
+def prepared(request, smoke_base_dir, tmp_path_factory):
+    """The real SFTTrainer over a few rendered examples: its tokenizer, prepared dataset and a collated
+    batch. Preparing the data never runs the model, so the smoke model serves Meta's tokenizer too."""
     from datasets import Dataset
     from trl import SFTTrainer
 
     from fine_tune.train import load_quantized_model, sft_config
     from tests.conftest import smoke_config
 
+    tokenizer = request.getfixturevalue(f"{request.param}_tokenizer")
     tmp = tmp_path_factory.mktemp("prepared")
     config = smoke_config(tmp)
     rows = [{"prompt": render_prompt(q, SYSTEM), "completion": render_completion(a)} for q, a in EXAMPLES]
@@ -81,42 +159,46 @@ def prepared(smoke_base_dir, smoke_tokenizer, tmp_path_factory):
         args=sft_config(config, tmp / "checkpoints"),
         train_dataset=Dataset.from_list(rows),
         eval_dataset=Dataset.from_list(rows),
-        processing_class=smoke_tokenizer,
+        processing_class=tokenizer,
     )
     examples = list(trainer.train_dataset)
     batch = trainer.data_collator(examples)
-    return rows, examples, batch
+    return tokenizer, rows, examples, batch
 
 
-def test_the_last_label_of_every_example_is_eos(prepared, smoke_tokenizer):
-    _, examples, batch = prepared
+def test_the_last_label_of_every_example_is_eos(prepared):
+    tokenizer, _, examples, batch = prepared
     for example in examples:
-        assert example["labels"][-1] == smoke_tokenizer.eos_token_id
+        assert example["labels"][-1] == tokenizer.eos_token_id
+        # EOS comes as a token after the answer's closing space, never fused into it
+        assert tokenizer.decode(example["input_ids"]).endswith(" " + tokenizer.eos_token)
     for labels in batch["labels"].tolist():
         real = [label for label in labels if label != -100]
-        assert real[-1] == smoke_tokenizer.eos_token_id
+        assert real[-1] == tokenizer.eos_token_id
 
 
-def test_every_training_sequence_has_one_bos(prepared, smoke_tokenizer):
-    _, examples, _ = prepared
+def test_every_training_sequence_has_one_bos(prepared):
+    tokenizer, _, examples, _ = prepared
     for example in examples:
-        assert example["input_ids"][0] == smoke_tokenizer.bos_token_id
-        assert example["input_ids"].count(smoke_tokenizer.bos_token_id) == 1
+        assert example["input_ids"][0] == tokenizer.bos_token_id
+        assert example["input_ids"].count(tokenizer.bos_token_id) == 1
 
 
-def test_loss_mask_covers_exactly_the_completion_and_eos(prepared, smoke_tokenizer):
-    rows, examples, batch = prepared
+def test_loss_mask_covers_exactly_the_completion_and_eos(prepared):
+    tokenizer, rows, examples, batch = prepared
     for row, example in zip(rows, examples, strict=True):
-        prompt_length = len(smoke_tokenizer(row["prompt"])["input_ids"])
+        prompt_ids = tokenizer(row["prompt"])["input_ids"]
+        assert example["input_ids"][: len(prompt_ids)] == prompt_ids
         labels = example["labels"]
-        assert all(label == -100 for label in labels[:prompt_length])
-        assert labels[prompt_length:] == example["input_ids"][prompt_length:]
-        supervised = smoke_tokenizer.decode(example["input_ids"][prompt_length:])
-        assert supervised == row["completion"].strip() + smoke_tokenizer.eos_token
+        assert all(label == -100 for label in labels[: len(prompt_ids)])
+        assert labels[len(prompt_ids) :] == example["input_ids"][len(prompt_ids) :]
+        supervised = tokenizer.decode(example["input_ids"][len(prompt_ids) :])
+        # the decoder drops the completion's leading space, as it drops the start of any text
+        assert supervised == row["completion"][1:] + tokenizer.eos_token
     # padding is masked in the batch, and only padding: every real token keeps its label or mask
     for row_ids, row_labels, row_mask in zip(
         batch["input_ids"].tolist(), batch["labels"].tolist(), batch["attention_mask"].tolist(), strict=True
     ):
         for token, label, mask in zip(row_ids, row_labels, row_mask, strict=True):
             if mask == 0:
-                assert label == -100 and token == smoke_tokenizer.pad_token_id
+                assert label == -100 and token == tokenizer.pad_token_id
