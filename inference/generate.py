@@ -37,9 +37,10 @@ ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 # default has about 5 million, the smallest models that answer sensibly a few hundred million.
 SMALL_MODEL_PARAMETERS = 50_000_000
 SMALL_MODEL_NOTE = (
-    "note: this model has a few million parameters, like the embedded default: it shows how the pipeline "
-    "works, and its answers are expected to be noise. For real answers, fine-tune a real base on a GPU "
-    "(make all CONFIG=configs/llama2-7b-python.yaml) or ask a Hub model (MODEL=org/name)"
+    f"note: this model has fewer than {SMALL_MODEL_PARAMETERS // 10**6} million parameters, like the "
+    "embedded default (a few million): it shows how the pipeline works, and its answers are expected to be "
+    "noise. For real answers, fine-tune a real base on a GPU (make all CONFIG=configs/llama2-7b-python.yaml) "
+    "or ask a Hub model (MODEL=org/name)"
 )
 
 
@@ -277,9 +278,9 @@ def decoding_settings(settings: InferenceConfig) -> dict[str, Any]:
 
 def describe_decoding(decoding: dict[str, Any]) -> str:
     """The decoding settings in words, for reports and closing lines."""
-    mode = "greedy"
+    mode = "greedy (do_sample false)"
     if decoding["do_sample"]:
-        mode = f"sampling (temperature {decoding['temperature']}, top_p {decoding['top_p']}, "
+        mode = f"sampling (do_sample true, temperature {decoding['temperature']}, top_p {decoding['top_p']}, "
         mode += f"seed {decoding['seed']})"
     return (
         f"{mode}, repetition_penalty {decoding['repetition_penalty']}, "

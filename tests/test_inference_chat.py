@@ -38,6 +38,9 @@ class ChatProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # As in a terminal: a shell's background job (a test run started with `&`) ignores SIGINT, and
+            # Python then leaves it ignored instead of raising KeyboardInterrupt.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.output = ""
         self.reader = threading.Thread(target=self._read, daemon=True)

@@ -242,7 +242,10 @@ def test_compare_with_a_damaged_fine_tuned_model_fails_before_the_base_is_evalua
 def test_what_a_newcomer_reads_decoding_progress_and_the_tiny_model_note(run_copy):
     infer_result = run_stage("inference", run_copy, "--model", "base", "--prompt", "How do I reverse a list?")
     assert infer_result.stderr.count(SMALL_MODEL_NOTE) == 1
-    assert "tokens/s; greedy, repetition_penalty 1.0, max_new_tokens 16)" in infer_result.stderr
+    assert (
+        "tokens/s; greedy (do_sample false), repetition_penalty 1.0, max_new_tokens 16)"
+        in infer_result.stderr
+    )
 
     result = run_stage("inference.compare", run_copy, "--set", "inference.batch_size=4")
     assert result.stderr.count(SMALL_MODEL_NOTE) == 1  # once, though two models were loaded
@@ -256,4 +259,4 @@ def test_what_a_newcomer_reads_decoding_progress_and_the_tiny_model_note(run_cop
     report = json.loads((run_folder(run_copy, "reports") / "compare.json").read_text())
     assert report["decoding"] == {"max_new_tokens": 16, "do_sample": False, "repetition_penalty": 1.0}
     markdown = (run_folder(run_copy, "reports") / "compare.md").read_text()
-    assert "(decoding: greedy, repetition_penalty 1.0, max_new_tokens 16)" in markdown
+    assert "(decoding: greedy (do_sample false), repetition_penalty 1.0, max_new_tokens 16)" in markdown

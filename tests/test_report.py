@@ -86,10 +86,11 @@ def test_summary_table_has_one_row_per_metric_and_a_column_per_model():
 def test_both_reports_state_every_decoding_setting():
     greedy = make_report()
     for text in (markdown_report(greedy), html_report(greedy)):
-        assert "decoding: greedy, repetition_penalty 1.3, max_new_tokens 16" in text
+        assert "decoding: greedy (do_sample false), repetition_penalty 1.3, max_new_tokens 16" in text
     sampled = {**greedy, "decoding": decoding_settings(InferenceConfig(do_sample=True, seed=5))}
     stated = (
-        "decoding: sampling (temperature 0.7, top_p 0.9, seed 5), repetition_penalty 1.0, max_new_tokens 128"
+        "decoding: sampling (do_sample true, temperature 0.7, top_p 0.9, seed 5), repetition_penalty 1.0, "
+        "max_new_tokens 128"
     )
     for text in (markdown_report(sampled), html_report(sampled)):
         assert stated in text
