@@ -26,7 +26,7 @@ from core.cli import run_stage, stage_parser
 from core.config import Config
 from core.errors import UserError
 from core.model import load_model_config, load_tokenizer, resolve_base
-from core.prompts import render_prompt
+from core.prompts import render_completion, render_prompt
 from core.runs import RunPaths, atomic_dir, require, run_folder_lock, write_json_atomic
 from fine_tune.card import base_hub_id, model_card
 from fine_tune.report import peak_rss_mb
@@ -48,7 +48,7 @@ def check_inputs(config: Config, tokenizer, count: int = 4) -> dict[str, torch.T
         rows = load_from_disk(str(dataset_dir))["validation"].select(range(count))
         texts = [row["prompt"] + row["completion"] for row in rows]
     else:
-        texts = [render_prompt("How do I reverse a list in Python?", None) + "Use slicing: `items[::-1]`."]
+        texts = [render_prompt("How do I reverse a list?") + render_completion("Use `items[::-1]`.")]
     return tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=256)
 
 
