@@ -21,7 +21,7 @@ import torch
 
 from core.cli import run_stage, stage_parser
 from core.config import Config
-from core.runs import RunPaths, require, write_json_atomic, write_text_atomic
+from core.runs import RunPaths, require, run_folder_lock, write_json_atomic, write_text_atomic
 from inference.generate import (
     Answer,
     ModelSource,
@@ -97,9 +97,14 @@ def comparison_items(rows: list[dict], hand_written: list[PromptRequest], system
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
+    paths = RunPaths.of(config)
+    with run_folder_lock(paths, "make compare"):
+        compare(config, args, paths)
+
+
+def compare(config: Config, args: argparse.Namespace, paths: RunPaths) -> None:
     from datasets import load_from_disk
 
-    paths = RunPaths.of(config)
     dataset = load_from_disk(str(require(paths.dataset / "data", "curated dataset", "make data")))
     validation = dataset["validation"]
     rows = validation.select(range(min(config.inference.compare_examples, len(validation)))).to_list()
