@@ -9,7 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from core.errors import UserError
+from core.errors import UserError, shortened
 
 DEFAULT_SYSTEM_PROMPT = (
     "Given a puzzle-like code question, provide a well-reasoned, step-by-step Python solution."
@@ -143,14 +143,15 @@ class TrainConfig(Section):
     )
 
 
+SHARD_SIZE = r"^\d+(KB|KiB|MB|MiB|GB|GiB)$"
+
+
 class MergeConfig(Section):
     dtype: Literal["bfloat16", "float16", "float32"] = Field(
         "bfloat16",
         description="the unquantized base and the merged weights; float32 only where a CPU needs it",
     )
-    max_shard_size: str = Field(
-        "2GB", pattern=r"^\d+(KB|KiB|MB|MiB|GB|GiB)$", description="largest safetensors shard, e.g. 2GB"
-    )
+    max_shard_size: str = Field("2GB", pattern=SHARD_SIZE, description="largest safetensors shard, e.g. 2GB")
 
 
 # A Hub repo id as `make push HUB_REPO=...` takes it: namespace/name, each part at most 96 characters
@@ -163,6 +164,7 @@ PATTERN_MEANINGS = {
     HUB_REPO_ID: "a Hub repo id, namespace/name: letters, digits, '-', '_' and '.', at most 96 characters "
     "each side of the '/', the namespace starting with a letter or digit",
     RUN_NAME: "a folder name of letters, digits, '.', '_' and '-', not '.' or '..'",
+    SHARD_SIZE: "a size such as 2GB or 500MB: a whole number, then KB, KiB, MB, MiB, GB or GiB",
 }
 
 
@@ -278,12 +280,6 @@ def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
-def shown(value: Any, limit: int = 60) -> str:
-    """A value as an error message quotes it: in full when short, else its start and its length."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value))} characters)"
-
-
 def describe_validation_error(error: ValidationError, source: str) -> str:
     """One line naming every bad field and what is allowed."""
     problems = []
@@ -295,7 +291,7 @@ def describe_validation_error(error: ValidationError, source: str) -> str:
         elif item["type"] == "string_pattern_mismatch":
             pattern = item["ctx"]["pattern"]
             meaning = PATTERN_MEANINGS.get(pattern, f"text matching {pattern}")
-            problems.append(f"{field}: {shown(item['input'])} is not {meaning}")
+            problems.append(f"{field}: {shortened(str(item['input']))!r} is not {meaning}")
         else:
             message = item["msg"].removeprefix("Value error, ")
             problems.append(f"{field}: {message}")

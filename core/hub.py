@@ -27,7 +27,7 @@ from typing import TypeVar
 
 from core.cli import stage_parser
 from core.config import HUB_REPO_ID, PATTERN_MEANINGS
-from core.errors import UserError
+from core.errors import UserError, shortened
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,6 @@ def offline_variable() -> str | None:
     if not is_offline_mode():
         return None
     return "HF_HUB_OFFLINE" if os.environ.get("HF_HUB_OFFLINE") else "TRANSFORMERS_OFFLINE"
-
-
-def shortened(text: str, limit: int = 60) -> str:
-    """The text, or its start and its length when it is longer than `limit`."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def check_repo_id(repo_id: str, where: str) -> None:

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from core.config import HUB_REPO_ID, Config, InferenceConfig
-from core.errors import UserError
-from core.hub import REPO_ID_RULES, failure_reason, offline_variable, shortened
+from core.errors import UserError, shortened
+from core.hub import REPO_ID_RULES, failure_reason, offline_variable
 from core.model import embedded_base_dir, load_tokenizer, model_dtype, quantization_config, resolve_base
 from core.runs import RunPaths
 
@@ -42,6 +42,9 @@ SMALL_MODEL_NOTE = (
     "noise. For real answers, fine-tune a real base on a GPU (make all CONFIG=configs/llama2-7b-python.yaml) "
     "or ask a Hub model (MODEL=org/name)"
 )
+
+# How much of a model name an error repeats: a name as long as a path is shown whole.
+NAME_SHOWN = 400
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,8 @@ def resolve_model(config: Config, name: str) -> ModelSource:
     if re.fullmatch(HUB_REPO_ID, name) and not local.exists():
         return hub_model(name)
     raise UserError(
-        f"unknown model {shortened(name)!r}: use new_model, base, a local model folder or a Hub id "
-        "(user/name)"
+        f"unknown model {shortened(name, NAME_SHOWN)!r}: use new_model, base, a local model folder or a Hub "
+        "id (user/name)"
     )
 
 
@@ -96,7 +99,8 @@ def hub_model(repo_id: str) -> ModelSource:
         validate_repo_id(repo_id)
     except HFValidationError:
         raise UserError(
-            f"unknown model {shortened(repo_id)!r}: not a local folder, nor a valid Hub id ({REPO_ID_RULES})"
+            f"unknown model {shortened(repo_id, NAME_SHOWN)!r}: not a local folder, nor a valid Hub id "
+            f"({REPO_ID_RULES})"
         ) from None
     offline = offline_variable()
     if offline:

@@ -55,7 +55,7 @@ def test_a_bad_input_is_one_line_and_the_previous_dataset_survives(curated, tmp_
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: ") and message in line, line
     assert stats.read_bytes() == before
-    assert sorted(path.name for path in stats.parent.parent.iterdir()) == ["dataset"]
+    assert sorted(path.name for path in stats.parent.parent.iterdir()) == [".lock", "dataset"]
 
 
 def test_the_summary_counts_a_quote_left_open_and_repeated_ids(curated, tmp_path):

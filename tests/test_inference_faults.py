@@ -147,7 +147,7 @@ def test_a_hub_id_offline_names_hf_hub_offline_and_what_to_do(pipeline):
     [
         (
             "user/" + "a" * 500,
-            "unknown model 'user/" + "a" * 55 + "... (505 characters)': use new_model, base",
+            "unknown model 'user/" + "a" * 395 + "... (505 characters)': use new_model, base",
         ),
         (
             "user--x/name",

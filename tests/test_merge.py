@@ -68,7 +68,7 @@ def test_shards_follow_max_shard_size_and_hold_the_same_weights(pipeline, tmp_pa
     ("override", "message"),
     [
         ("quantized", "is stored quantized; merging needs its unquantized 16-bit weights"),
-        ("merge.max_shard_size=big", "merge.max_shard_size: String should match pattern"),
+        ("merge.max_shard_size=big", "merge.max_shard_size: 'big' is not a size such as 2GB"),
     ],
 )
 def test_merge_refuses_a_quantized_base_and_a_bad_shard_size(pipeline, tmp_path, override, message):
