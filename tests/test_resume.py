@@ -102,6 +102,10 @@ def test_a_longer_run_continues_and_counts_only_its_own_tokens_and_time(trained)
     first = report_of(run)
     result = run_stage("fine_tune.train", run, *SIX_STEPS, "--set", "train.max_steps=9")
     assert "continuing to the new length" in result.stderr
+    # What a user reads: the stage's own summary, none of the libraries' notes about themselves.
+    assert "trained    3 steps in" in result.stderr and "loss       train" in result.stderr
+    for noise in ("Paged optimizers", "FutureWarning", "mtime may not be reliable", "kernels", "UserWarning"):
+        assert noise not in result.stderr
     report = report_of(run)
     assert (report["resumed_at_step"], report["steps"], report["steps_this_run"]) == (6, 9, 3)
     assert report["input_tokens_seen"] == first["input_tokens_seen"] + report["input_tokens_this_run"]

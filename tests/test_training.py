@@ -92,6 +92,7 @@ def test_train_report_and_its_artifacts(uninterrupted):
     assert report["supervised_tokens_per_epoch"] < report["positions_per_epoch"]
     assert (run / "reports" / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((run / "logs").glob("events.out.tfevents.*"))
+    assert not (run / "checkpoints" / "runs").exists()  # TensorBoard writes under logs/ only
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
 
 
