@@ -90,6 +90,14 @@ def load_tokenizer(path: str, revision: str | None = None, padding_side: str = "
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+    if getattr(tokenizer, "legacy", None) is False:
+        # transformers' Llama tokenizer with `legacy: false`, as Meta publishes Llama-2's config, drops the
+        # `▁` that SentencePiece puts before text written right after `<s>` or `</s>`: a chat history and
+        # the chat template would tokenize unlike Meta's reference encoding and unlike training. With
+        # `legacy: true` they match (tests check it on Meta's tokenizer); it is saved with the tokenizer.
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, legacy=True)
+    if getattr(tokenizer, "legacy", None) is not None:
+        tokenizer.init_kwargs["legacy"] = tokenizer.legacy  # transformers saves it only from here
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         if tokenizer.unk_token is None or tokenizer.unk_token_id == tokenizer.eos_token_id:
             raise UserError(f"tokenizer of {path} has neither a pad nor an unk token to pad with")
