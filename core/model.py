@@ -123,14 +123,16 @@ def quantization_config(config: Config):
 
 def load_model_config(name_or_path: str, revision: str | None = None):
     """A model's config.json (the base's, or a merged model's), or one line saying why it cannot be had."""
-    from huggingface_hub import constants
     from transformers import AutoConfig
 
+    from core.hub import offline_variable
+
     local = Path(name_or_path)
-    if not local.exists() and constants.HF_HUB_OFFLINE:
+    offline = None if local.exists() else offline_variable()
+    if offline:
         raise UserError(
-            f"{name_or_path} is not a local folder and HF_HUB_OFFLINE is set, so the Hub cannot be asked for "
-            "it: unset HF_HUB_OFFLINE, or give a local model folder"
+            f"{name_or_path} is not a local folder and {offline} is set, so the Hub cannot be asked for "
+            f"it: unset {offline}, or give a local model folder"
         )
     try:
         return AutoConfig.from_pretrained(name_or_path, revision=revision)

@@ -216,6 +216,10 @@ def checkpoint_to_resume(config: Config, checkpoints: Path, fingerprint: dict[st
     return chosen
 
 
+def write_fingerprint(folder: Path, fingerprint: dict[str, Any]) -> None:
+    (folder / FINGERPRINT_FILE).write_text(json.dumps(fingerprint, indent=2) + "\n")
+
+
 def save_fingerprint_callback(fingerprint: dict[str, Any]):
     """A trainer callback that writes the run's fingerprint into every checkpoint it saves."""
     from transformers import TrainerCallback
@@ -224,6 +228,6 @@ def save_fingerprint_callback(fingerprint: dict[str, Any]):
         def on_save(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
                 folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                (folder / FINGERPRINT_FILE).write_text(json.dumps(fingerprint, indent=2) + "\n")
+                write_fingerprint(folder, fingerprint)
 
     return SaveFingerprint()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import logging
 import shutil
 import time
@@ -44,6 +43,7 @@ from fine_tune.resume import (
     save_fingerprint_callback,
     training_fingerprint,
     training_length,
+    write_fingerprint,
 )
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,9 @@ def build_trainer(config: Config, paths: RunPaths, fingerprint: dict[str, Any]):
     )
 
 
-def write_adapter_from_checkpoint(config: Config, checkpoint: Checkpoint, paths: RunPaths) -> None:
+def write_adapter_from_checkpoint(
+    config: Config, checkpoint: Checkpoint, paths: RunPaths, fingerprint: dict[str, Any]
+) -> None:
     """The adapter of a run that finished but was stopped before writing it (or whose adapter was damaged):
     the best checkpoint's adapter when the run keeps the best, else the last one's."""
     source = checkpoint.path
@@ -219,8 +221,11 @@ def write_adapter_from_checkpoint(config: Config, checkpoint: Checkpoint, paths:
     if config.train.load_best_model_at_end and best is not None and best.is_dir():
         source = best
     with atomic_dir(paths.adapter) as staging:
-        for name in ("adapter_config.json", "adapter_model.safetensors", FINGERPRINT_FILE):
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
             shutil.copy2(source / name, staging / name)
+        # This run's fingerprint, not the checkpoint's: a best checkpoint saved before the run was lengthened
+        # holds the old length, and the adapter would then never count as this run's.
+        write_fingerprint(staging, fingerprint)
         load_tokenizer(resolve_base(config), config.model.revision).save_pretrained(staging)
     log.info("adapter written from %s: %s", source, paths.adapter)
 
@@ -274,7 +279,7 @@ def train(config: Config, paths: RunPaths) -> None:
                 resume.step, paths.adapter,
             )  # fmt: skip
             return
-        write_adapter_from_checkpoint(config, resume, paths)
+        write_adapter_from_checkpoint(config, resume, paths, fingerprint)
         return
 
     trainer = build_trainer(config, paths, fingerprint)
@@ -306,7 +311,7 @@ def train(config: Config, paths: RunPaths) -> None:
     with atomic_dir(paths.adapter) as staging:
         trainer.model.save_pretrained(staging)
         trainer.processing_class.save_pretrained(staging)
-        (staging / FINGERPRINT_FILE).write_text(json.dumps(fingerprint, indent=2) + "\n")
+        write_fingerprint(staging, fingerprint)
     # Figures are of this process's work only: the steps, tokens and time since it started or resumed.
     # The batch statistics are of this process's share of an epoch; scale them to the world size.
     resumed_at = resume.step if resume else 0
