@@ -178,6 +178,7 @@ class HubConfig(Section):
     dataset_repo: str | None = Field(None, pattern=HUB_REPO_ID, description="user/name for `make push-data`")
     private: bool = True
     push_merged: bool = False
+    push_gguf: bool = Field(False, description="also push runs/<run>/gguf (make export) to <model_repo>-gguf")
     revision: str | None = Field(None, description="a branch to push to (created if missing); default main")
 
 
