@@ -135,18 +135,17 @@ class TokenCounter:
 
 
 def load_token_counter(config: Config) -> TokenCounter:
-    """The run's tokenizer as training loads it, by AutoTokenizer, of which only the backend is kept.
-    The embedded base's tokenizer.json is exactly that backend (a test checks it), so it is read directly,
-    sparing this process transformers and torch (4 s and 250 MB)."""
-    from core.model import resolve_base
+    """The run's tokenizer as training loads it (core.model.load_tokenizer), of which only the backend is
+    kept: for Meta's Llama-2 files that is `legacy: true`, which counts text after a special token as
+    training does. The embedded base's tokenizer.json is exactly that backend (a test checks it), so it is
+    read directly, sparing this process transformers and torch (4 s and 250 MB)."""
+    from core.model import load_tokenizer, resolve_base
 
     model = resolve_base(config)
     if config.model.name_or_path == "embedded":
         return TokenCounter(Tokenizer.from_file(str(Path(model) / "tokenizer.json")))
-    from transformers import AutoTokenizer
-
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model, revision=config.model.revision)
+        tokenizer = load_tokenizer(model, config.model.revision)
     except OSError as error:
         raise UserError(f"cannot load the tokenizer of {model}: {error}".replace("\n", " ")) from None
     if getattr(tokenizer, "backend_tokenizer", None) is None:

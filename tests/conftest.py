@@ -9,6 +9,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,76 @@ def curated(tmp_path_factory, smoke_base_dir):
     tmp = tmp_path_factory.mktemp("training")
     (tmp / "base").symlink_to(smoke_base_dir.parent)
     run_stage("data_prep", tmp)
+    return tmp
+
+
+def curated_rows(folder: Path) -> list[dict]:
+    """Every train and validation row curated into folder/runs/smoke/dataset."""
+    from datasets import load_from_disk
+
+    dataset = load_from_disk(str(folder / "runs" / "smoke" / "dataset" / "data"))
+    return [*dataset["train"], *dataset["validation"]]
+
+
+def sft_examples(base: Path, tokenizer, rows: list[dict], tmp: Path) -> tuple[list[dict], dict]:
+    """What the real SFTTrainer of the smoke profile makes of `rows` (prompt, completion) on the 4-bit `base`:
+    the prepared examples, and one collated batch of them all."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from fine_tune.train import load_quantized_model, sft_config
+
+    config = smoke_config(tmp)
+    trainer = SFTTrainer(
+        model=load_quantized_model(config, str(base)),
+        args=sft_config(config, tmp / "checkpoints"),
+        train_dataset=Dataset.from_list(rows),
+        eval_dataset=Dataset.from_list(rows[:1]),
+        processing_class=tokenizer,
+    )
+    examples = list(trainer.train_dataset)
+    return examples, trainer.data_collator(examples)
+
+
+# The Llama-2-shaped run: the smoke profile with a length limit that Llama-2's tokens of the sample data
+# cross (the length rule drops rows), and a short training, with its check at the end.
+LLAMA2_RUN = ("--set", "train.max_length=256", "--set", "train.max_steps=4", "--set", "train.eval_steps=4",
+              "--set", "train.save_steps=4")  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def llama2_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny LlamaForCausalLM shaped like Llama-2 wherever the pipeline can tell: Llama-2-7B's config
+    (vocabulary 32,000, <unk> 0, <s> 1, </s> 2, untied embeddings, 4,096 positions) at hidden size 64 and
+    2 layers, float16 weights as Meta publishes them, and Meta's tokenizer files as published (a
+    LlamaTokenizer with `legacy: false`): a user's local base folder, for model.name_or_path=<folder>."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from benchmarks.gpu_memory import LLAMA2_7B
+
+    folder = tmp_path_factory.mktemp("llama2-base") / "tiny-llama-2"
+    small = {"hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 4}  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**{**LLAMA2_7B, **small}))
+    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2)
+    model.half().save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(LLAMA2_TOKENIZER / name, folder)
+    return folder
+
+
+def llama2_stage(module: str, tmp: Path, base: Path, *extra: str, **options) -> subprocess.CompletedProcess:
+    """A stage of the Llama-2-shaped run, as a user runs it with the base's folder."""
+    return run_stage(module, tmp, "--set", f"model.name_or_path={base}", *LLAMA2_RUN, *extra, **options)
+
+
+@pytest.fixture(scope="session")
+def llama2_curated(tmp_path_factory: pytest.TempPathFactory, llama2_base_dir: Path) -> Path:
+    """A folder whose runs/smoke holds the smoke data curated for the Llama-2-shaped base."""
+    tmp = tmp_path_factory.mktemp("llama2-run")
+    llama2_stage("data_prep", tmp, llama2_base_dir)
     return tmp
 
 

@@ -35,14 +35,16 @@ def test_loss_uses_the_logits_one_position_before_the_label():
     assert (total, tokens) == (pytest.approx(-math.log(3 / 5)), 1)
 
 
-def test_completion_labels_cover_the_answer_and_eos_only(smoke_tokenizer):
+@pytest.mark.parametrize("base", ["smoke", "llama2"])
+def test_completion_labels_cover_the_answer_and_eos_only(request, base):
+    tokenizer = request.getfixturevalue(f"{base}_tokenizer")
     prompt, completion = "[INST] Reverse a list? [/INST]", " Use `items[::-1]`. "
-    input_ids, labels = completion_labels(smoke_tokenizer, prompt, completion)
-    prompt_length = len(smoke_tokenizer(prompt)["input_ids"])
-    assert input_ids[0] == smoke_tokenizer.bos_token_id and input_ids[-1] == smoke_tokenizer.eos_token_id
+    input_ids, labels = completion_labels(tokenizer, prompt, completion)
+    prompt_length = len(tokenizer(prompt)["input_ids"])
+    assert input_ids[0] == tokenizer.bos_token_id and input_ids[-1] == tokenizer.eos_token_id
     assert labels[:prompt_length] == [-100] * prompt_length
     assert labels[prompt_length:] == input_ids[prompt_length:]
-    assert smoke_tokenizer.decode(labels[prompt_length:]) == completion[1:] + smoke_tokenizer.eos_token
+    assert tokenizer.decode(labels[prompt_length:]) == completion[1:] + tokenizer.eos_token
 
 
 def test_split_fenced_separates_prose_and_code_and_keeps_an_open_block():

@@ -140,29 +140,25 @@ def test_byte_fallback_round_trips_any_text(tokenizer):
     assert tokenizer.decode(ids) == text
 
 
-@pytest.fixture(scope="module", params=["smoke", "llama2"])
-def prepared(request, smoke_base_dir, tmp_path_factory):
-    """The real SFTTrainer over a few rendered examples: its tokenizer, prepared dataset and a collated
-    batch. Preparing the data never runs the model, so the smoke model serves Meta's tokenizer too."""
-    from datasets import Dataset
-    from trl import SFTTrainer
+# The fixture that curates the smoke data for each base (tests/conftest.py).
+CURATED = {"smoke": "curated", "llama2": "llama2_curated"}
 
-    from fine_tune.train import load_quantized_model, sft_config
-    from tests.conftest import smoke_config
+
+@pytest.fixture(scope="module", params=["smoke", "llama2"])
+def prepared(request, tmp_path_factory):
+    """The real SFTTrainer on each base, the embedded smoke base and the random Llama-2-shaped one with Meta's
+    tokenizer, over the test examples and every train and validation row curated for that base: its
+    tokenizer, the rows, the prepared examples and one collated batch of them all."""
+    from tests.conftest import curated_rows, sft_examples
 
     tokenizer = request.getfixturevalue(f"{request.param}_tokenizer")
-    tmp = tmp_path_factory.mktemp("prepared")
-    config = smoke_config(tmp)
+    base = request.getfixturevalue(f"{request.param}_base_dir")
     rows = [{"prompt": render_prompt(q, SYSTEM), "completion": render_completion(a)} for q, a in EXAMPLES]
-    trainer = SFTTrainer(
-        model=load_quantized_model(config, str(smoke_base_dir)),
-        args=sft_config(config, tmp / "checkpoints"),
-        train_dataset=Dataset.from_list(rows),
-        eval_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-    )
-    examples = list(trainer.train_dataset)
-    batch = trainer.data_collator(examples)
+    rows += [
+        {"prompt": row["prompt"], "completion": row["completion"]}
+        for row in curated_rows(request.getfixturevalue(CURATED[request.param]))
+    ]
+    examples, batch = sft_examples(base, tokenizer, rows, tmp_path_factory.mktemp("prepared"))
     return tokenizer, rows, examples, batch
 
 

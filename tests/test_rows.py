@@ -2,6 +2,8 @@
 
 import pickle
 
+import pytest
+
 from core.prompts import render_completion, render_prompt
 from data_prep.rows import (
     Example,
@@ -87,18 +89,29 @@ def test_prepared_rows_are_rendered_by_the_prompt_function():
     assert batch.question_keys == [question_key("Title\n\nBody"), question_key("Task")]
 
 
-def test_token_counter_matches_the_tokenizer_and_survives_pickling(smoke_tokenizer):
+@pytest.mark.parametrize("base", ["smoke", "llama2"])
+def test_token_counter_matches_the_tokenizer_and_survives_pickling(request, base):
+    tokenizer = request.getfixturevalue(f"{base}_tokenizer")
     texts = ["[INST] héllo wörld [/INST] ```\n    x = 1\n```", "", "🙂 " * 50]
-    expected = [len(ids) + 1 for ids in smoke_tokenizer(texts)["input_ids"]]
-    counter = TokenCounter(smoke_tokenizer.backend_tokenizer)
+    expected = [len(ids) + 1 for ids in tokenizer(texts)["input_ids"]]
+    counter = TokenCounter(tokenizer.backend_tokenizer)
     assert counter(texts) == expected
     assert pickle.loads(pickle.dumps(counter))(texts) == expected
 
 
-def test_the_embedded_base_tokenizer_loads_as_auto_tokenizer_loads_it(smoke_base_dir, smoke_tokenizer):
-    config = smoke_config(smoke_base_dir.parent.parent)  # the config the session base was built from
-    texts = ["def f(x):\n        return x  # ünïcode", "[INST] <<SYS>>\nBe exact.\n<</SYS>>\n\nhi [/INST] ok"]
-    assert load_token_counter(config)(texts) == TokenCounter(smoke_tokenizer.backend_tokenizer)(texts)
-    assert pickle.dumps(load_token_counter(config)) == pickle.dumps(
-        TokenCounter(smoke_tokenizer.backend_tokenizer)
-    )
+@pytest.mark.parametrize("base", ["smoke", "llama2"])
+def test_curation_counts_the_tokens_of_the_tokenizer_training_loads(request, base, tmp_path):
+    """The length rule counts what training tokenizes. The embedded base's tokenizer.json is read directly;
+    another base's tokenizer is loaded as training loads it: for Meta's Llama-2 files, with `legacy: true`,
+    which puts a `▁` before text written right after a special token (`</s>indeed`: `▁indeed`, one token,
+    where `legacy: false` gives `inde`, `ed`)."""
+    tokenizer = request.getfixturevalue(f"{base}_tokenizer")
+    if base == "smoke":
+        config = smoke_config(request.getfixturevalue("smoke_base_dir").parent.parent)  # the session base's
+    else:
+        config = smoke_config(tmp_path, f"model.name_or_path={request.getfixturevalue('llama2_base_dir')}")
+    texts = ["def f(x):\n        return x  # ünïcode", "[INST] <<SYS>>\nBe exact.\n<</SYS>>\n\nhi [/INST] ok",
+             "strike <s>old</s>indeed"]  # fmt: skip
+    counter = load_token_counter(config)
+    assert counter(texts) == [len(ids) + 1 for ids in tokenizer(texts)["input_ids"]]
+    assert pickle.dumps(counter) == pickle.dumps(TokenCounter(tokenizer.backend_tokenizer))

@@ -106,13 +106,15 @@ def test_saved_checkpoints_are_newest_first_and_skip_an_unfinished_save(tmp_path
     assert saved_checkpoints(tmp_path / "missing") == []
 
 
-def test_pad_token_needs_no_embedding_resize(smoke_base_dir, smoke_tokenizer):
+@pytest.mark.parametrize("base", ["smoke", "llama2"])
+def test_pad_token_needs_no_embedding_resize(request, base):
     from transformers import AutoConfig
 
-    vocabulary = AutoConfig.from_pretrained(smoke_base_dir).vocab_size
-    assert len(smoke_tokenizer) == vocabulary
-    assert smoke_tokenizer.pad_token_id < vocabulary
-    assert smoke_tokenizer.padding_side == "right"
+    tokenizer = request.getfixturevalue(f"{base}_tokenizer")
+    vocabulary = AutoConfig.from_pretrained(request.getfixturevalue(f"{base}_base_dir")).vocab_size
+    assert len(tokenizer) == vocabulary
+    assert tokenizer.pad_token_id < vocabulary
+    assert tokenizer.padding_side == "right"
 
 
 @pytest.fixture(scope="module")
