@@ -40,7 +40,7 @@ TRAIN_LAUNCH = $(if $(ACCELERATE_CONFIG),$(VENV)/bin/accelerate launch --config_
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help install base data train merge push push-data push-if-configured infer chat compare all test bench lint \
+.PHONY: help install base data train merge push push-data push-if-configured infer chat compare eval all test bench lint \
 	clean distclean
 
 help: ## list the targets
@@ -84,8 +84,11 @@ infer: install ## answer PROMPT="..." (streamed) or PROMPTS_FILE=path with MODEL
 chat: install ## chat with MODEL (multi-turn); /base and /tuned switch model, /clear, /quit
 	$(call STAGE,inference.chat) --model="$$MODEL"
 
-compare: install ## base vs MODEL (default new_model), with numbers: runs/<run>/reports/compare.{md,html,json}
+compare: install ## base vs MODEL (default new_model), with numbers and make eval: runs/<run>/reports/
 	$(call STAGE,inference.compare) --model="$$MODEL"
+
+eval: install ## does MODEL's code pass HumanEval's tests (sandboxed)? runs/<run>/reports/eval.{md,html,json}
+	$(call STAGE,inference.evaluate) --model="$$MODEL"
 
 all: install base data train merge compare push-if-configured ## every stage, end to end
 

@@ -198,6 +198,37 @@ class InferenceConfig(Section):
     )
 
 
+class EvalConfig(Section):
+    """`make eval`: problems answered by the base and the fine-tuned model, each answer's code run in a
+    sandbox against the problem's tests."""
+
+    problems: Path | None = Field(
+        None, description="a JSONL file of problems in HumanEval's shape; default: HumanEval's 164"
+    )
+    limit: int | None = Field(None, ge=1, description="only the first N problems: a quick check")
+    styles: list[Literal["instruct", "completion"]] = Field(
+        ["instruct", "completion"],
+        min_length=1,
+        description="instruct: the problem asked in the chat format; completion: the function continued",
+    )
+    max_new_tokens: int = Field(384, ge=1)
+    samples: int = Field(1, ge=1, description="answers per problem: 1 is greedy; more are sampled (pass@k)")
+    pass_at: list[int] = Field([1], min_length=1, description="the k of each pass@k reported; k <= samples")
+    temperature: float = Field(0.8, gt=0, description="when sampling (samples > 1)")
+    top_p: float = Field(0.95, gt=0, le=1)
+    timeout_seconds: float = Field(10.0, gt=0, description="wall-clock limit of one program")
+    memory_mb: int = Field(1024, ge=64, description="address-space limit of one program")
+    ngram: int = Field(13, ge=4, description="the n of the n-gram contamination check")
+    with_compare: bool = Field(True, description="make compare (and so make all) runs the evaluation too")
+
+    @model_validator(mode="after")
+    def _k_within_samples(self) -> EvalConfig:
+        too_big = [k for k in self.pass_at if k > self.samples or k < 1]
+        if too_big:
+            raise ValueError(f"pass_at {too_big} needs 1 <= k <= samples ({self.samples})")
+        return self
+
+
 class RunConfig(Section):
     name: str = Field("tiny", pattern=RUN_NAME, description="a folder name under run.output_dir")
     output_dir: Path = Path("runs")
@@ -221,6 +252,7 @@ class Config(Section):
     merge: MergeConfig = MergeConfig()
     hub: HubConfig = HubConfig()
     inference: InferenceConfig = InferenceConfig()
+    eval: EvalConfig = EvalConfig()
 
 
 def parse_value(raw: str) -> Any:

@@ -54,6 +54,14 @@ def render_completion(answer: str) -> str:
     return " " + answer.strip() + " "
 
 
+def without_system(prompt: str, system: str | None) -> str:
+    """A rendered prompt (or prompt + completion) without its system block: what the row itself says,
+    for comparing rows by content, since every row shares the system prompt."""
+    if system and system.strip():
+        return prompt.replace((B_SYS + system + E_SYS).lstrip(), "", 1)
+    return prompt
+
+
 # The official Llama-2-chat template, character for character, so that `apply_chat_template` on the
 # saved tokenizer, and every server that reads it, gives exactly what render_prompt gives (tests check it).
 LLAMA2_CHAT_TEMPLATE = (

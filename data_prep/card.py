@@ -108,6 +108,31 @@ def token_lengths(config: Config, stats: CurationStats) -> str:
     )
 
 
+def cell(text: str) -> str:
+    """Text inside a Markdown table cell."""
+    return text.replace("|", "\\|")
+
+
+def overlap_section(config: Config, stats: CurationStats) -> list[str]:
+    """The validation rows that share a run of n-grams with a training row (contamination of the split)."""
+    lines = ["## Overlap between the splits\n"]
+    if not stats.overlaps:
+        return [
+            *lines,
+            f"No validation row shares a run of {config.eval.ngram} normalized tokens with a training row.\n",
+        ]
+    lines.append(
+        f"{len(stats.overlaps)} validation rows share a run of {config.eval.ngram} or more normalized tokens "
+        "(lowercased words and punctuation, system prompt aside) with a training row:\n"
+    )
+    lines += ["| validation row | training row | tokens | shared text |", "| ---: | ---: | ---: | --- |"]
+    lines += [
+        f"| {o['validation_row']} | {o['training_row']} | {o['tokens']} | {cell(o['text'])} |"
+        for o in stats.overlaps
+    ]
+    return [*lines, ""]
+
+
 def dataset_card(config: Config, stats: CurationStats) -> str:
     sources = [name for name, count in stats.kept_by_source.items() if count]
     license_line = "license: cc-by-sa-3.0\n" if "stackoverflow" in sources else ""
@@ -137,6 +162,7 @@ def dataset_card(config: Config, stats: CurationStats) -> str:
         "",
         f"Token lengths: {token_lengths(config, stats)}.\n",
     ]
+    lines += overlap_section(config, stats)
     if "stackoverflow" in sources:
         lines += ["## Attribution\n", STACKOVERFLOW_ATTRIBUTION + "\n"]
     return "\n".join(lines)

@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from core.config import Config
 from core.errors import UserError
+from core.prompts import without_system
 from data_prep import alpaca, stackoverflow
 from data_prep.progress import Progress
 from data_prep.rows import (
@@ -44,6 +45,7 @@ from data_prep.rows import (
     prepare_batch,
 )
 from data_prep.rules import DUPLICATE, TOO_LONG, active_rules
+from evaluation.contamination import find_overlaps
 
 BATCH_SIZE = 256
 COUNT_CHUNK = 4096  # rows counted per round while filling a source's limit
@@ -61,6 +63,8 @@ class CurationStats:
     train_rows: int = 0
     validation_rows: int = 0
     token_lengths: dict[str, int] = field(default_factory=dict)
+    # validation rows that share a run of n-grams with a training row: validation_row, training_row, tokens
+    overlaps: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -276,6 +280,33 @@ def token_lengths(lengths: list[int], rows: int, max_length: int) -> dict[str, i
     return {"counted_rows": len(ordered), "of_rows": rows, **at, "max": ordered[-1], "over_max_length": over}
 
 
+def note_overlaps(
+    config: Config, rows: RowsFile, validation: list[int], train: list[int], stats: CurationStats
+) -> None:
+    """Validation rows that share a run of `eval.ngram` normalized tokens with a training row (system prompt
+    aside): their loss says little about generalization. Listed in the stats and the card; a warning."""
+    system = config.data.system_prompt
+
+    def contents(indices: list[int]) -> Iterator[str]:
+        for start in range(0, len(indices), BATCH_SIZE):
+            yield from (
+                without_system(text, system) for text in rows.texts(indices[start : start + BATCH_SIZE])
+            )
+
+    overlaps = find_overlaps(list(contents(validation)), contents(train), config.eval.ngram)
+    stats.overlaps = [
+        {"validation_row": o.probe, "training_row": o.row, "tokens": o.tokens, "text": o.text[:200]}
+        for o in overlaps
+    ]
+    if overlaps:
+        longest = max(o.tokens for o in overlaps)
+        stats.warnings.append(
+            f"{len(overlaps)} of {len(validation)} validation rows share a run of {config.eval.ngram} or "
+            f"more tokens with a training row (the longest: {longest} tokens): the validation loss "
+            "flatters the model on them; the dataset card lists them"
+        )
+
+
 def curate(config: Config, count_tokens: TokenCounter, folder: Path) -> CurationStats:
     """Write the DatasetDict (train, validation) to `folder / "data"`; return what each rule did."""
     from datasets import DatasetDict
@@ -299,6 +330,7 @@ def curate(config: Config, count_tokens: TokenCounter, folder: Path) -> Curation
         validation, train = shuffled[: stats.validation_rows], shuffled[stats.validation_rows :]
         splits = {"train": rows.dataset.select(train), "validation": rows.dataset.select(validation)}
         DatasetDict(splits).save_to_disk(str(folder / "data"))
+        note_overlaps(config, rows, validation, train, stats)
     lengths = lengths or counted.result()
     stats.token_lengths = token_lengths(lengths, len(shuffled), config.train.max_length)
     stats.read = {source: asdict(read) for source, read in stats.read.items()}

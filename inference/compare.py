@@ -4,7 +4,9 @@ The prompts: the first `inference.compare_examples` validation examples, then th
 `inference.compare_prompts`. Per model: validation loss and perplexity (teacher-forced, on the answer
 tokens and EOS only), stop rate, the fraction of fenced Python code blocks that parse, ROUGE-L against
 the reference answer, mean answer length and tokens/s (see inference/metrics.py). Writes
-runs/<run>/reports/compare.md, compare.html and compare.json, and prints the summary table.
+runs/<run>/reports/compare.md, compare.html and compare.json, and prints the summary table. With
+`eval.with_compare` (the default) it also runs `make eval`'s execution-based evaluation on the models it
+has loaded, and its summary joins the reports.
 
 Both models are found, and every prompt is checked against each model's context, before any work; the
 answers are logged per batch as they come.
@@ -22,6 +24,9 @@ import torch
 from core.cli import run_stage, stage_parser
 from core.config import Config
 from core.runs import RunPaths, require, run_folder_lock, write_json_atomic, write_text_atomic
+from evaluation.problems import Problem
+from inference.eval_report import eval_summary_html, eval_table
+from inference.evaluate import answer_problems, evaluation_report, load_problems
 from inference.generate import (
     Answer,
     ModelSource,
@@ -61,9 +66,15 @@ def validation_loss(model, tokenizer, rows: list[dict], batch_size: int) -> floa
 
 
 def evaluate_model(
-    config: Config, label: str, source: ModelSource, rows: list[dict], prompts: list[str]
-) -> tuple[float, list[Answer], float]:
-    """One model's validation loss, its answers and the seconds they took; the model is freed after."""
+    config: Config,
+    label: str,
+    source: ModelSource,
+    rows: list[dict],
+    prompts: list[str],
+    problems: list[Problem],
+) -> tuple[float, list[Answer], float, dict]:
+    """One model's validation loss, its answers, the seconds they took and its answers to the evaluation's
+    problems (none without `eval.with_compare`); the model is freed after."""
     log.info("%s: loss on %d validation answers, then %d prompts", label, len(rows), len(prompts))
     model, tokenizer = load_model(source, config)
     loss = validation_loss(model, tokenizer, rows, config.inference.batch_size)
@@ -74,9 +85,10 @@ def evaluate_model(
     started = time.perf_counter()
     answers = generate(model, tokenizer, prompts, config.inference, progress=progress)
     seconds = time.perf_counter() - started
+    solutions = answer_problems(model, tokenizer, problems, config, label) if problems else {}
     del model
     gc.collect()
-    return loss, answers, seconds
+    return loss, answers, seconds, solutions
 
 
 def comparison_items(rows: list[dict], hand_written: list[PromptRequest], system: str | None) -> list[dict]:
@@ -117,13 +129,15 @@ def compare(config: Config, args: argparse.Namespace, paths: RunPaths) -> None:
     for source in sources.values():
         check_prompts_fit(config, source, list(zip(where, prompts, strict=True)))
 
+    problems = load_problems(config) if config.eval.with_compare else []
     # The fine-tuned model first: weights too damaged to load then fail before the base's work is done.
     results = {
-        label: evaluate_model(config, label, sources[label], rows, prompts) for label in reversed(sources)
+        label: evaluate_model(config, label, sources[label], rows, prompts, problems)
+        for label in reversed(sources)
     }
     summary = {}
     for label in sources:  # the reports show the base first
-        loss, answers, seconds = results[label]
+        loss, answers, seconds, _ = results[label]
         scores = [
             None if it["reference"] is None else rouge_l(a.text, it["reference"])
             for it, a in zip(items, answers, strict=True)
@@ -145,10 +159,18 @@ def compare(config: Config, args: argparse.Namespace, paths: RunPaths) -> None:
         "summary": summary,
         "items": items,
     }
+    evaluation = None
+    if problems:
+        solutions = {label: results[label][3] for label in sources}
+        evaluation = evaluation_report(config, paths, problems, sources, solutions)
+        report["evaluation"] = {key: evaluation[key] for key in ("problems", "styles", "summary", "paired")}
     write_json_atomic(paths.reports / "compare.json", report)
-    write_text_atomic(paths.reports / "compare.md", markdown_report(report))
-    write_text_atomic(paths.reports / "compare.html", html_report(report))
+    tables = (eval_table(evaluation), eval_summary_html(evaluation)) if evaluation else ("", "")
+    write_text_atomic(paths.reports / "compare.md", markdown_report(report, tables[0]))
+    write_text_atomic(paths.reports / "compare.html", html_report(report, tables[1]))
     print(summary_table(summary))
+    if evaluation:
+        print("\n" + tables[0])
     log.info("reports: %s (.md, .html, .json)", paths.reports / "compare")
 
 

@@ -319,6 +319,43 @@ def answer_from_tokens(tokenizer, new_tokens: list[int]) -> Answer:
 
 
 @torch.no_grad()
+def generate_ids(
+    model,
+    tokenizer,
+    prompts: list[str],
+    settings: InferenceConfig,
+    streamer: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+    stop_strings: Sequence[str] = (),
+) -> list[tuple[list[int], list[int]]]:
+    """Each rendered prompt's ids and the ids generated after them, batched; in the prompts' order.
+
+    Prompts are batched by length so that little padding is computed. A `streamer` (which transformers
+    allows only for a batch of one) receives the tokens as they come; `progress` is called after each
+    batch with the number of prompts answered and the total; a row also ends at any of `stop_strings`.
+    """
+    if settings.do_sample:
+        from transformers import set_seed
+
+        set_seed(settings.seed)
+    options = decoding_options(settings, tokenizer)
+    if stop_strings:
+        options.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
+    encoded = [tokenizer(prompt)["input_ids"] for prompt in prompts]
+    order = sorted(range(len(prompts)), key=lambda index: len(encoded[index]))
+    generated: dict[int, list[int]] = {}
+    for start in range(0, len(order), settings.batch_size):
+        indices = order[start : start + settings.batch_size]
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in indices]}, return_tensors="pt")
+        batch = batch.to(model.device)
+        output = model.generate(**batch, streamer=streamer, **options)
+        for index, row in zip(indices, output[:, batch["input_ids"].shape[1] :].tolist(), strict=True):
+            generated[index] = row
+        if progress is not None:
+            progress(len(generated), len(prompts))
+    return [(encoded[index], generated[index]) for index in range(len(prompts))]
+
+
 def generate(
     model,
     tokenizer,
@@ -327,30 +364,28 @@ def generate(
     streamer: Any = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Answer]:
-    """Answer rendered prompts in batches; only the generated answer is returned, never the prompt.
+    """Answer rendered prompts in batches (see generate_ids); only the answer is returned, not the prompt."""
+    rows = generate_ids(model, tokenizer, prompts, settings, streamer, progress)
+    return [answer_from_tokens(tokenizer, new_tokens) for _, new_tokens in rows]
 
-    Prompts are batched by length so that little padding is computed, and answered in their own order.
-    A `streamer` (which transformers allows only for a batch of one) receives the tokens as they come;
-    `progress` is called after each batch with the number of prompts answered and the total.
+
+def continuation(tokenizer, prompt_ids: list[int], new_tokens: list[int]) -> Answer:
+    """The generated text exactly as it continues the prompt, its leading spaces kept (the indentation of a
+    function body), up to the first EOS.
+
+    The text is the decoded prompt + continuation minus the decoded prompt: decoding the new ids alone
+    would drop the space a Llama tokenizer's first piece opens with.
     """
-    if settings.do_sample:
-        from transformers import set_seed
-
-        set_seed(settings.seed)
-    options = decoding_options(settings, tokenizer)
-    encoded = [tokenizer(prompt)["input_ids"] for prompt in prompts]
-    order = sorted(range(len(prompts)), key=lambda index: len(encoded[index]))
-    answers: dict[int, Answer] = {}
-    for start in range(0, len(order), settings.batch_size):
-        indices = order[start : start + settings.batch_size]
-        batch = tokenizer.pad({"input_ids": [encoded[i] for i in indices]}, return_tensors="pt")
-        batch = batch.to(model.device)
-        output = model.generate(**batch, streamer=streamer, **options)
-        for index, row in zip(indices, output[:, batch["input_ids"].shape[1] :].tolist(), strict=True):
-            answers[index] = answer_from_tokens(tokenizer, row)
-        if progress is not None:
-            progress(len(answers), len(prompts))
-    return [answers[index] for index in range(len(prompts))]
+    eos = tokenizer.eos_token_id
+    stopped = eos in new_tokens
+    tokens = new_tokens[: new_tokens.index(eos)] if stopped else new_tokens
+    tokens = [token for token in tokens if token != tokenizer.pad_token_id]
+    head = tokenizer.decode(prompt_ids, skip_special_tokens=True)
+    whole = tokenizer.decode(prompt_ids + tokens, skip_special_tokens=True)
+    text = (
+        whole[len(head) :] if whole.startswith(head) else tokenizer.decode(tokens, skip_special_tokens=True)
+    )
+    return Answer(text, len(tokens), stopped)
 
 
 def stream_answer(model, tokenizer, prompt: str, settings: InferenceConfig) -> Answer:

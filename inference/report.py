@@ -62,9 +62,12 @@ def describe(report: dict[str, Any]) -> str:
     )
 
 
-def markdown_report(report: dict[str, Any]) -> str:
+def markdown_report(report: dict[str, Any], evaluation: str = "") -> str:
+    """The comparison as Markdown; `evaluation` is the execution-based evaluation's summary, when it ran."""
     names = list(report["summary"])
     lines = ["# Base vs fine-tuned", "", describe(report), "", summary_table(report["summary"]), ""]
+    if evaluation:
+        lines += ["## Does the code work? (details: eval.md)", "", evaluation, ""]
     for number, item in enumerate(report["items"], 1):
         lines += [f"## {number}. {item['kind']}", "", "**Prompt**", "", _pre(item["prompt"]), ""]
         if item["reference"] is not None:
@@ -112,7 +115,8 @@ def html_answer(text: str) -> str:
     return "\n".join(parts)
 
 
-def html_report(report: dict[str, Any]) -> str:
+def html_report(report: dict[str, Any], evaluation: str = "") -> str:
+    """The comparison as an HTML page; `evaluation` is the evaluation's summary as HTML, when it ran."""
     names = list(report["summary"])
     rows = "".join(
         f"<tr><td>{escape(label)}</td>"
@@ -140,5 +144,12 @@ def html_report(report: dict[str, Any]) -> str:
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"/>'
         f"<title>Base vs fine-tuned: {escape(report['run'])}</title><style>{STYLE}</style></head>\n"
         f"<body><h1>Base vs fine-tuned</h1><p>{escape(describe(report))}</p>\n"
-        f'<table class="summary">{head}{rows}</table>\n' + "\n".join(sections) + "\n</body></html>\n"
+        f'<table class="summary">{head}{rows}</table>\n'
+        + (
+            f'<h2>Does the code work? (details: <a href="eval.html">eval.html</a>)</h2>{evaluation}\n'
+            if evaluation
+            else ""
+        )
+        + "\n".join(sections)
+        + "\n</body></html>\n"
     )

@@ -200,6 +200,36 @@ def test_validation_size_is_clamped_with_a_warning(tmp_path, smoke_tokenizer):
     assert "data.validation_size 50" in stats.warnings[0]
 
 
+def test_validation_rows_that_copy_a_training_row_are_listed_and_warned_about(tmp_path, smoke_tokenizer):
+    from data_prep.card import dataset_card
+
+    # ten pairs of rows, each pair sharing a run of 20 tokens; "Task i"/"Answer i" rows share only the
+    # system prompt, which does not count
+    shared = [" ".join(f"pair{pair}word{i}" for i in range(20)) for pair in range(10)]
+    alpaca = records(10)
+    for pair, text in enumerate(shared):
+        alpaca += [{"instruction": f"First {pair}", "input": "", "output": f"Do {text} now"}]
+        alpaca += [{"instruction": f"Second {pair}", "input": "", "output": f"Then {text} later"}]
+    config = make_config(tmp_path, [], [], alpaca, "data.stackoverflow=null", "data.validation_size=8")
+    train, validation, stats, _ = run_curation(config, smoke_tokenizer, tmp_path)
+    expected = {
+        index: text
+        for index, row in enumerate(validation)
+        for text in shared
+        if text in row["completion"] and any(text in other["completion"] for other in train)
+    }
+    assert expected  # the seeded split leaves at least one pair across the splits
+    assert {o["validation_row"] for o in stats.overlaps} == set(expected)
+    for overlap in stats.overlaps:
+        assert overlap["tokens"] == 20
+        assert expected[overlap["validation_row"]] in train[overlap["training_row"]]["completion"]
+    assert (
+        f"{len(expected)} of {len(validation)} validation rows share a run of 13 or more tokens"
+        in stats.warnings[-1]
+    )
+    assert "| validation row | training row | tokens |" in dataset_card(config, stats)
+
+
 def test_per_source_limit_is_a_seeded_sample(tmp_path, smoke_tokenizer):
     qs, ans = questions_and_answers(20)
     config = make_config(tmp_path, qs, ans, records(5), "data.stackoverflow.limit=6")

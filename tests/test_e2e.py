@@ -184,6 +184,50 @@ def test_compare_reports_both_models(pipeline):
     page = etree.fromstring((run / "reports" / "compare.html").read_bytes())
     prompts = [pre.text for pre in page.iter("pre") if pre.get("class") == "prompt"]
     assert prompts == [item["prompt"] for item in report["items"]]
+    # make compare runs make eval's evaluation on the models it loaded: HumanEval's first six problems
+    evaluation = report["evaluation"]
+    assert evaluation["problems"]["count"] == 6 and evaluation["styles"] == ["instruct", "completion"]
+    assert set(evaluation["summary"]["completion"]) == {"base", "fine-tuned"}
+    assert "| style | model | pass@k |" in result.stdout and "Does the code work?" in markdown
+    eval_report = json.loads((run / "reports" / "eval.json").read_text())
+    assert [item["task_id"] for item in eval_report["items"][:6]] == [f"HumanEval/{i}" for i in range(6)]
+
+
+def test_eval_runs_a_users_problems_through_the_sandbox_and_keeps_every_program(pipeline, tmp_path):
+    from lxml import etree
+
+    from evaluation.sandbox import isolation, run_program
+
+    tmp, run = pipeline
+    problems = tmp_path / "mine.jsonl"
+    problem = {
+        "task_id": "mine/add",
+        "prompt": 'def add(a, b):\n    """a + b"""\n',
+        "canonical_solution": "    return a + b\n",
+        "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n",
+        "entry_point": "add",
+    }
+    problems.write_text(json.dumps(problem) + "\n" + json.dumps({**problem, "task_id": "mine/two"}) + "\n")
+    result = run_stage("inference.evaluate", tmp, "--set", f"eval.problems={problems}")
+    report = json.loads((run / "reports" / "eval.json").read_text())
+    assert report["problems"] == {"source": str(problems), "count": 2}
+    assert report["sandbox"]["isolation"] == isolation()
+    for style in ("instruct", "completion"):
+        for label in ("base", "fine-tuned"):
+            summary = report["summary"][style][label]
+            assert summary["problems"] == 2 and sum(summary["outcomes"].values()) == 2
+            low, high = summary["interval"]
+            assert 0 <= low <= summary["passed"] / 2 <= high <= 1
+        assert {"difference", "p_value", "b", "c"} <= set(report["paired"][style])
+    assert len(report["items"]) == 4
+    answer = report["items"][0]["answers"]["fine-tuned"][0]
+    assert answer["program"].startswith(problem["prompt"].rstrip()) and answer["program"].endswith(
+        "check(add)\n"
+    )
+    assert run_program(answer["program"]).status == answer["status"]  # anyone can run it again
+    assert "| style | model | pass@k |" in result.stdout
+    assert "## Per problem" in (run / "reports" / "eval.md").read_text()
+    etree.fromstring((run / "reports" / "eval.html").read_bytes())
 
 
 @pytest.mark.parametrize(
