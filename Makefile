@@ -40,7 +40,7 @@ TRAIN_LAUNCH = $(if $(ACCELERATE_CONFIG),$(VENV)/bin/accelerate launch --config_
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help install base data train merge push push-data push-if-configured infer chat compare eval all test bench lint \
+.PHONY: help install base data train merge push push-data push-if-configured infer chat compare eval export all test bench lint \
 	clean distclean
 
 help: ## list the targets
@@ -55,6 +55,22 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install the pinned requirements and this project
+
+# make export's tools, installed only for `make export` and `make test`: llama-cpp-python, built by pip from its
+# sdist (llama.cpp without its multimodal library, on every core: minutes, once; CMAKE_ARGS adds options, e.g.
+# -DGGML_CUDA=on), and llama.cpp's converter unpacked from that same sdist into .venv/llama.cpp, so that it
+# matches the library and nothing is fetched again.
+EXPORT_TOOLS := $(VENV)/llama.cpp
+$(VENV)/.export-installed: $(VENV)/.installed requirements-export.txt
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF $$CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$$(nproc)" \
+		$(PY) -m pip install --quiet -r requirements-export.txt
+	rm -rf $(EXPORT_TOOLS)
+	$(PY) -m pip download --quiet --no-deps -r requirements-export.txt -d $(EXPORT_TOOLS)/dist
+	tar -xzf $(EXPORT_TOOLS)/dist/llama_cpp_python-*.tar.gz -C $(EXPORT_TOOLS) --strip-components=3 --wildcards \
+		'*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/conversion' '*/vendor/llama.cpp/gguf-py' \
+		'*/vendor/llama.cpp/LICENSE'
+	rm -rf $(EXPORT_TOOLS)/dist
+	touch $@
 
 base: install ## build the embedded base model (offline, cached; nothing to do for a Hub model)
 	$(call STAGE,fine_tune.base)
@@ -90,9 +106,12 @@ compare: install ## base vs MODEL (default new_model), with numbers and make eva
 eval: install ## does MODEL's code pass HumanEval's tests (sandboxed)? runs/<run>/reports/eval.{md,html,json}
 	$(call STAGE,inference.evaluate) --model="$$MODEL"
 
+export: install $(VENV)/.export-installed ## GGUF 16-bit, Q8_0, Q4_K_M and an Ollama Modelfile, checked: runs/<run>/gguf
+	$(call STAGE,export)
+
 all: install base data train merge compare push-if-configured ## every stage, end to end
 
-test: install ## run the test suite (unit, ML-correctness and end-to-end on the smoke profile)
+test: install $(VENV)/.export-installed ## run the test suite (unit, ML-correctness and end-to-end on the smoke profile)
 	$(PY) -m pytest
 
 # BENCH is a list of names: split on spaces, never globbed.
