@@ -76,17 +76,20 @@ def pushed(pipeline, hub, outputs) -> dict[tuple[str, str], str]:
     return {key: repo.branches["main"] for key, repo in hub.state.repos.items()}
 
 
-@pytest.fixture(scope="module")
-def downloaded(pipeline, hub, pushed, outputs) -> Path:
+def download(hub: HubServer, outputs: list[str], tmp: Path, adapter: str, merged: str, dataset: str) -> Path:
     """snapshot_download, PeftModel.from_pretrained and load_dataset from the server (tests/hub_client.py)."""
-    tmp, _ = pipeline
     out = tmp / "downloaded"
     env = {**os.environ, **client_env(hub, tmp / "hf-homes" / "downloads")}
-    command = [sys.executable, "-m", "tests.hub_client", str(out), ADAPTER, MERGED, DATASET]
+    command = [sys.executable, "-m", "tests.hub_client", str(out), adapter, merged, dataset]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     outputs.append(result.stdout + result.stderr)
     assert result.returncode == 0, result.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def downloaded(pipeline, hub, pushed, outputs) -> Path:
+    return download(hub, outputs, pipeline[0], ADAPTER, MERGED, DATASET)
 
 
 def test_each_repo_holds_exactly_the_files_a_hub_user_needs(hub, pushed):
@@ -124,19 +127,25 @@ def test_downloads_give_the_local_bytes_and_a_loadable_base(pipeline, downloaded
     }
 
 
-def test_models_from_the_hub_give_the_local_outputs(pipeline, downloaded):
+def assert_local_outputs(downloaded: Path, base: Path, run: Path, base_repo: str) -> None:
+    """The downloaded adapter on the base it names (`base_repo`), and the downloaded merged model, give the
+    logits of the local adapter on the local `base` and of the local merged model."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp, run = pipeline
-    (built_base,) = (tmp / "base").iterdir()
     remote = torch.load(downloaded / "logits.pt")
-    assert remote["base_repo"] == BASE
+    assert remote["base_repo"] == base_repo
     tokenizer = AutoTokenizer.from_pretrained(run / "adapter")
-    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(built_base), run / "adapter")
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), run / "adapter")
     torch.testing.assert_close(remote["adapter"], check_logits(adapted, tokenizer), rtol=0, atol=1e-6)
     merged = AutoModelForCausalLM.from_pretrained(run / "merged")
     torch.testing.assert_close(remote["merged"], check_logits(merged, tokenizer), rtol=0, atol=1e-6)
+
+
+def test_models_from_the_hub_give_the_local_outputs(pipeline, downloaded):
+    tmp, run = pipeline
+    (built_base,) = (tmp / "base").iterdir()
+    assert_local_outputs(downloaded, built_base, run, BASE)
 
 
 def test_dataset_from_the_hub_gives_the_local_rows_and_card(pipeline, hub, downloaded):
