@@ -40,8 +40,8 @@ TRAIN_LAUNCH = $(if $(ACCELERATE_CONFIG),$(VENV)/bin/accelerate launch --config_
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help install base data train merge push push-data push-if-configured infer chat compare eval export all test bench lint \
-	clean distclean
+.PHONY: help install base data train merge push push-data push-if-configured infer chat compare eval export all test bench \
+	gpu-check gpu-check-wheels lint clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^## / {print substr($$0, 4)} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' \
@@ -117,6 +117,14 @@ test: install $(VENV)/.export-installed ## run the test suite (unit, ML-correctn
 # BENCH is a list of names: split on spaces, never globbed.
 bench: install ## benchmarks against seed-style baselines (BENCH=name for one): runs/bench/results.json
 	set -f; $(PY) -m benchmarks $$BENCH
+
+# No install: a GPU machine may have its own PyTorch and reach no registry. The .venv's Python if there is
+# one, else PYTHON (python3); what that Python lacks comes from the wheels of gpu-check-wheels.
+gpu-check: ## on one CUDA GPU: a Llama-2-7B-shaped QLoRA run, then the tiny pipeline (on a CPU: says so)
+	$(if $(wildcard $(PY)),$(PY),"$$PYTHON") -m benchmarks.gpu_check
+
+gpu-check-wheels: install ## download the wheels gpu-check brings to a GPU machine: .cache/gpu-wheels
+	$(PY) -m benchmarks.gpu_check --download-wheels
 
 lint: install ## ruff
 	$(PY) -m ruff check .

@@ -8,7 +8,7 @@ import pkgutil
 
 import benchmarks
 
-NOT_BENCHMARKS = {"results"}
+NOT_BENCHMARKS = {"results", "gpu_check"}  # gpu_check is make gpu-check
 
 
 def main() -> None:
