@@ -111,11 +111,18 @@ def load_quantized_model(config: Config, base: str):
 
 
 def sft_config(config: Config, output_dir: Path):
+    from dataclasses import fields
+
     from trl import SFTConfig
 
     train = config.train
     on_gpu = torch.cuda.is_available()
     dtype = compute_dtype(config)
+    # transformers 5.23 names it activation_checkpointing (gradient_checkpointing is its deprecated alias);
+    # 5.17, which GPU images ship (make gpu-check runs there), knows only gradient_checkpointing.
+    checkpointing = "activation_checkpointing"
+    if checkpointing not in {field.name for field in fields(SFTConfig)}:
+        checkpointing = "gradient_checkpointing"
     return SFTConfig(
         output_dir=str(output_dir),
         num_train_epochs=train.epochs,
@@ -132,7 +139,7 @@ def sft_config(config: Config, output_dir: Path):
         bf16=on_gpu and dtype == torch.bfloat16,
         fp16=on_gpu and dtype == torch.float16,
         use_cpu=not on_gpu,
-        activation_checkpointing=train.gradient_checkpointing,
+        **{checkpointing: train.gradient_checkpointing},
         max_length=train.max_length,
         packing=train.packing,
         completion_only_loss=train.completion_only_loss,
