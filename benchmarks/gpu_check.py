@@ -238,7 +238,8 @@ def qlora_run(model_config, work: Path, steps: int, batch_size: int) -> dict[str
                 torch.cuda.synchronize()
             self.marks.append((time.perf_counter(), state.num_input_tokens_seen))
 
-    if on_gpu:
+    if on_gpu:  # the figures count the training alone, not the writing of the checkpoint
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     trainer = build_trainer(config, paths, training_fingerprint(config, paths.dataset / "data"))
     loaded = torch.cuda.memory_allocated() if on_gpu else 0
