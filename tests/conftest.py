@@ -137,6 +137,11 @@ LLAMA2_RUN = ("--set", "train.max_length=256", "--set", "train.max_steps=4", "--
               "--set", "train.save_steps=4")  # fmt: skip
 
 
+# Llama-2-7B's configuration (benchmarks/gpu_memory.py) shrunk to a model the tests train in seconds.
+LLAMA2_SMALL = {"hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "num_key_value_heads": 4}  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def llama2_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random tiny LlamaForCausalLM shaped like Llama-2 wherever the pipeline can tell: Llama-2-7B's config
@@ -149,10 +154,8 @@ def llama2_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from benchmarks.gpu_memory import LLAMA2_7B
 
     folder = tmp_path_factory.mktemp("llama2-base") / "tiny-llama-2"
-    small = {"hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "num_key_value_heads": 4}  # fmt: skip
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**{**LLAMA2_7B, **small}))
+    model = LlamaForCausalLM(LlamaConfig(**{**LLAMA2_7B, **LLAMA2_SMALL}))
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2)
     model.half().save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json"):

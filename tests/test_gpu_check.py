@@ -14,10 +14,7 @@ import torch
 
 from benchmarks.gpu_check import install_wheels, qlora_run, wheels_to_install, write_random_checkpoint
 from benchmarks.gpu_memory import LLAMA2_7B
-from tests.conftest import REPO
-
-SMALL = {"hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 2, "num_attention_heads": 4,
-         "num_key_value_heads": 4}  # fmt: skip
+from tests.conftest import LLAMA2_SMALL, REPO
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU make gpu-check runs for real")
@@ -44,7 +41,8 @@ def test_the_7b_shape_has_llama2_7bs_parameters_and_the_profiles_lora_the_seeds(
 def test_a_random_checkpoint_is_written_in_shards_and_loads_whole(tmp_path):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    total = write_random_checkpoint(LlamaConfig(**{**LLAMA2_7B, **SMALL}), tmp_path, shard_bytes=2_000_000)
+    small = LlamaConfig(**{**LLAMA2_7B, **LLAMA2_SMALL})
+    total = write_random_checkpoint(small, tmp_path, shard_bytes=2_000_000)
     assert len(list(tmp_path.glob("model-0000*-of-0000*.safetensors"))) > 2
     model, loading = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
     assert not any(loading.values())  # no missing, unexpected or mismatched weights
@@ -92,7 +90,7 @@ def test_the_7b_profile_trains_a_small_llama2_shape_on_a_cpu(tmp_path):
     paged optimizer, gradient checkpointing) through the training stage's trainer, on a CPU."""
     from transformers import LlamaConfig
 
-    result = qlora_run(LlamaConfig(**{**LLAMA2_7B, **SMALL}), tmp_path, steps=2, batch_size=2)
+    result = qlora_run(LlamaConfig(**{**LLAMA2_7B, **LLAMA2_SMALL}), tmp_path, steps=2, batch_size=2)
     assert (result["steps"], result["batch_size"], result["max_length"]) == (2, 2, 512)
     assert result["tokens"] > 2 * 2 * 100 and result["tokens_per_second"] > 0
     assert "peak_gb" not in result  # memory figures are a GPU's
