@@ -47,9 +47,16 @@ def failures(report: dict[str, Any]) -> list[str]:
     problems = []
     tokens, template, sixteen = report["tokenizer"], report["chat_template"], report["sixteen_bit"]
     if not tokens["passed"]:
+        first = tokens["first_difference"]
         problems.append(
             f"the GGUF's tokenizer gives other ids than ours on {tokens['texts'] - tokens['identical']} of "
-            f"{tokens['texts']} texts, or other BOS/EOS ids"
+            f"{tokens['texts']} texts"
+            + (
+                f" (first at token {first['position']}: ours {first['ours']}, GGUF {first['gguf']})"
+                if first
+                else ""
+            )
+            + f"; BOS and EOS ids (ours, GGUF): {tokens['special_token_ids']}"
         )
     if not template["passed"]:
         problems.append(template.get("problem", "the GGUF's chat template renders another prompt than ours"))

@@ -29,7 +29,13 @@ QUANTIZED = {"Q8_0": 7, "Q4_K_M": 15}
 
 
 def require_tools() -> None:
-    """One line when llama-cpp-python or the converter is missing from this environment."""
+    """One line when llama-cpp-python or the converter is missing from this environment.
+
+    Also sets llama.cpp's OpenMP threads to wait passively, before its runtime starts: by default they spin
+    between the steps of a graph, and on a machine whose cores are busy each spinning thread waits for a
+    time slice, so that decoding one token of the embedded base took half a second instead of a millisecond.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
