@@ -84,14 +84,16 @@ train: install ## QLoRA fine-tuning into runs/<run>/adapter (resumes; NPROC=N fo
 merge: install ## merge the adapter into a 16-bit base: runs/<run>/merged
 	$(call STAGE,fine_tune.merge)
 
-push: install ## push the adapter (and merged model with hub.push_merged) to HUB_REPO or hub.model_repo
+push: install ## push the adapter (merged model, GGUF with hub.push_merged, hub.push_gguf) to HUB_REPO or hub.model_repo
 	$(call STAGE,fine_tune.push) $(if $(HUB_REPO),--set="hub.model_repo=$$HUB_REPO")
+	$(call STAGE,export.push) $(if $(HUB_REPO),--set="hub.model_repo=$$HUB_REPO")
 
 push-data: install ## push the curated dataset and its card to HUB_REPO or hub.dataset_repo
 	$(call STAGE,data_prep.push) $(if $(HUB_REPO),--set="hub.dataset_repo=$$HUB_REPO")
 
 push-if-configured: install
 	$(call STAGE,fine_tune.push) $(if $(HUB_REPO),--set="hub.model_repo=$$HUB_REPO") --if-configured
+	$(call STAGE,export.push) $(if $(HUB_REPO),--set="hub.model_repo=$$HUB_REPO") --if-configured
 	$(call STAGE,data_prep.push) --if-configured
 
 infer: install ## answer PROMPT="..." (streamed) or PROMPTS_FILE=path with MODEL=new_model|base|<path>|<hub id>

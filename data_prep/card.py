@@ -123,7 +123,7 @@ def overlap_section(config: Config, stats: CurationStats) -> list[str]:
         ]
     lines.append(
         f"{len(stats.overlaps)} validation rows share a run of {config.eval.ngram} or more normalized tokens "
-        "(lowercased words and punctuation, system prompt aside) with a training row:\n"
+        "(lowercased words, system prompt aside) with a training row:\n"
     )
     lines += ["| validation row | training row | tokens | shared text |", "| ---: | ---: | ---: | --- |"]
     lines += [

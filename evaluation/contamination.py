@@ -1,9 +1,11 @@
 """Whether texts we test on already occur in the training data: the longest run of shared n-grams.
 
-Texts are compared as normalized tokens (lowercased words and single punctuation marks, so spacing,
-indentation and case do not hide a copy). A probe (an evaluation problem, a validation row) overlaps the
-training data when one of its n-grams (13 by default, as in the GPT-3 and Llama 2 contamination
-studies) occurs in a training row; the report gives the longest such run, in tokens, and the row.
+Texts are compared as normalized tokens: lowercased words (runs of letters, digits and `_`), so that
+spacing, indentation, punctuation and case do not hide a copy, and runs of brackets and commas such as
+`[1, 2, 3]` do not count as text (the GPT-3 study compared words too). A probe (an evaluation problem, a
+validation row) overlaps the training data when one of its n-grams (13 by default, as in the GPT-3 and
+Llama 2 contamination studies) occurs in a training row; the report gives the longest such run, in
+tokens, and the row.
 
 Only the probes are indexed; the training rows are streamed past the index, so memory follows the
 number of probes (hundreds), not the size of the training split (millions of rows).
@@ -16,12 +18,12 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-TOKEN = re.compile(r"\w+|[^\w\s]")
+TOKEN = re.compile(r"\w+")
 DEFAULT_NGRAM = 13
 
 
 def normalized_tokens(text: str) -> list[str]:
-    """Lowercased words and punctuation marks, whitespace dropped."""
+    """Lowercased words; whitespace and punctuation dropped."""
     return TOKEN.findall(text.lower())
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from core.cli import run_stage, stage_parser
 from core.config import Config, InferenceConfig
+from core.errors import UserError
 from core.prompts import render_prompt
 from core.runs import RunPaths, require, run_folder_lock, write_json_atomic, write_text_atomic
 from evaluation.contamination import find_overlaps
@@ -36,7 +37,7 @@ from evaluation.problems import (
     read_problems,
     truncate_completion,
 )
-from evaluation.sandbox import Limits, isolation, run_programs
+from evaluation.sandbox import Limits, SandboxUnavailable, isolation, run_programs
 from evaluation.stats import paired_difference, pass_at_k, wilson_interval
 from inference.eval_report import eval_html, eval_markdown, eval_table
 from inference.generate import (
@@ -155,7 +156,8 @@ def run_answers(answers: dict[str, dict[str, Any]], limits: Limits) -> float:
     log.info("running %d programs in the sandbox (%s)", len(pending), isolation())
 
     def progress(done: int, total: int) -> None:
-        log.info("%d of %d programs run", done, total)
+        if done % 100 == 0 or done == total:
+            log.info("%d of %d programs run", done, total)
 
     started = time.perf_counter()
     outcomes = run_programs([entry["program"] for entry in pending], limits, progress=progress)
@@ -259,6 +261,12 @@ def evaluation_report(
 
 
 def load_problems(config: Config) -> list[Problem]:
+    """The problems to ask, once it is known that their programs can be run safely here: a machine with no
+    sandbox fails before any model is loaded."""
+    try:
+        log.info("model-written programs will run in %s", isolation())
+    except SandboxUnavailable as error:
+        raise UserError(f"cannot evaluate: {error}") from None
     problems = read_problems(config.eval.problems)
     return problems[: config.eval.limit] if config.eval.limit else problems
 

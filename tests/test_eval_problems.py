@@ -140,7 +140,7 @@ def test_normalized_tokens_ignore_case_spacing_and_indentation():
     assert normalized_tokens("def  Add(a,b):\n\treturn a+b") == normalized_tokens(
         "def add( a , b ):\n return a + b"
     )
-    assert normalized_tokens("x_1 = 'A'") == ["x_1", "=", "'", "a", "'"]
+    assert normalized_tokens("x_1 = 'A' [1, 2]") == ["x_1", "a", "1", "2"]
 
 
 def test_longest_runs_of_consecutive_ngram_positions():

@@ -73,6 +73,7 @@ def venv(tmp_path: Path) -> Path:
     for program in ("python", "accelerate"):
         recorder(tmp_path / "venv" / "bin" / program)
     (tmp_path / "venv" / ".installed").touch()
+    (tmp_path / "venv" / ".export-installed").touch()
     return tmp_path / "venv"
 
 
@@ -85,8 +86,9 @@ def venv(tmp_path: Path) -> Path:
         ("merge", "fine_tune.merge", []),
         ("chat", "inference.chat", ["--model={}"]),
         ("compare", "inference.compare", ["--model={}"]),
+        ("eval", "inference.evaluate", ["--model={}"]),
+        ("export", "export", []),
         ("infer", "inference", ["--model={}", "--prompt={}", "--prompts-file={}"]),
-        ("push", "fine_tune.push", ["--set=hub.model_repo={}"]),
         ("push-data", "data_prep.push", ["--set=hub.dataset_repo={}"]),
     ],
 )
@@ -99,6 +101,15 @@ def test_each_target_passes_its_variables_as_single_arguments(tmp_path, venv, ta
     nothing_ran(tmp_path)
 
 
+def test_push_gives_hub_repo_to_the_model_and_gguf_pushes(tmp_path, venv):
+    value = hostile(tmp_path)
+    result = make("push", f"VENV={venv}", f"HUB_REPO={value}", f"SET={value}")
+    assert result.returncode == 0, result.stderr
+    common = ["--config=configs/tiny.yaml", f"--sets={value}", f"--set=hub.model_repo={value}"]
+    assert calls(venv) == [["python", "-m", module, *common] for module in ("fine_tune.push", "export.push")]
+    nothing_ran(tmp_path)
+
+
 def test_push_if_configured_gives_hub_repo_to_the_model_push(tmp_path, venv):
     value = hostile(tmp_path)
     result = make("push-if-configured", f"VENV={venv}", f"HUB_REPO={value}", f"SET={value}")
@@ -106,6 +117,7 @@ def test_push_if_configured_gives_hub_repo_to_the_model_push(tmp_path, venv):
     common = ["--config=configs/tiny.yaml", f"--sets={value}"]
     assert calls(venv) == [
         ["python", "-m", "fine_tune.push", *common, f"--set=hub.model_repo={value}", "--if-configured"],
+        ["python", "-m", "export.push", *common, f"--set=hub.model_repo={value}", "--if-configured"],
         ["python", "-m", "data_prep.push", *common, "--if-configured"],
     ]
     nothing_ran(tmp_path)
