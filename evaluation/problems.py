@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import ast
 import gzip
-import json
 import re
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import UserError, shortened
+from core.jsonl import json_objects
 
 FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
 # Where a continuation of a function body ends: the next top-level statement (Codex paper, HumanEval).
@@ -55,16 +55,7 @@ def read_problems(path: Path | None = None) -> list[Problem]:
         raise UserError(f"eval.problems: cannot read {path}: {error}") from None
     problems: list[Problem] = []
     seen: set[str] = set()
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path} line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UserError(f"{where}: not JSON ({error.msg})") from None
-        if not isinstance(record, dict):
-            raise UserError(f"{where}: expected an object with {', '.join(FIELDS)}")
+    for where, record in json_objects(text, str(path), f"an object with {', '.join(FIELDS)}"):
         missing = [name for name in FIELDS if not isinstance(record.get(name), str)]
         if missing:
             raise UserError(f"{where}: missing or not text: {', '.join(missing)} (each problem has {FIELDS})")

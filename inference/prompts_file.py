@@ -4,11 +4,11 @@ line: `prompt`, and optionally `system` (null: the configured system prompt; "":
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import UserError
+from core.jsonl import json_objects
 from core.prompts import render_prompt
 
 FIELDS = ("prompt", "system", "reference")
@@ -37,16 +37,7 @@ def parse_prompt_lines(text: str, source: str) -> list[PromptRequest]:
 def parse_prompt_jsonl(text: str, source: str) -> list[PromptRequest]:
     """One JSON object per non-blank line; a bad line is named with its number."""
     requests = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{source} line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UserError(f"{where}: not valid JSON ({error.msg})") from None
-        if not isinstance(record, dict):
-            raise UserError(f"{where}: expected an object with a prompt, got {type(record).__name__}")
+    for where, record in json_objects(text, source, "an object with a prompt"):
         unknown = sorted(set(record) - set(FIELDS))
         if unknown:
             raise UserError(f"{where}: unknown field {unknown[0]!r} (allowed: {', '.join(FIELDS)})")

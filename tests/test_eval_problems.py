@@ -70,7 +70,7 @@ def test_a_users_problems_file_in_the_same_shape(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("{not json\n", "line 1: not JSON"),
+        ("{not json\n", "line 1: not valid JSON"),
         ('{"task_id": "a"}\n', "line 1: missing or not text: prompt, canonical_solution, test, entry_point"),
         ("[1, 2]\n", "line 1: expected an object"),
         (
