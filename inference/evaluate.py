@@ -119,6 +119,7 @@ def answer_problems(model, tokenizer, problems: list[Problem], config: Config, l
             if not fit:
                 per_problem[index] = [
                     {"answer": None, "code": None, "program": None, "status": "too_long", "passed": False}
+                    for _ in range(config.eval.samples)
                 ]
         answers[style] = per_problem
     return answers

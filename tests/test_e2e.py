@@ -271,3 +271,15 @@ def assert_one_error(result: subprocess.CompletedProcess, message: str) -> None:
     errors = [line for line in lines if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+def test_eval_counts_a_prompt_too_long_for_the_context_as_failed_without_asking_it(pipeline):
+    tmp, run = pipeline
+    # the smoke base's context is 512 tokens: no prompt leaves room for 500 new ones
+    overrides = "eval.max_new_tokens=500 eval.samples=2 eval.pass_at=[1,2] eval.styles=[completion]"
+    run_stage("inference.evaluate", tmp, "--sets", overrides)
+    report = json.loads((run / "reports" / "eval.json").read_text())
+    for summary in report["summary"]["completion"].values():
+        assert summary["outcomes"] == {"too_long": 6}
+        assert summary["pass@1"] == summary["pass@2"] == 0
+    assert all(len(item["answers"]["base"]) == 2 for item in report["items"])
