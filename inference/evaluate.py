@@ -26,7 +26,7 @@ from typing import Any
 from core.cli import run_stage, stage_parser
 from core.config import Config, InferenceConfig
 from core.errors import UserError
-from core.prompts import render_prompt
+from core.prompts import render_prompt, without_system
 from core.runs import RunPaths, require, run_folder_lock, write_json_atomic, write_text_atomic
 from evaluation.contamination import find_overlaps
 from evaluation.problems import (
@@ -194,7 +194,8 @@ def contamination(problems: list[Problem], config: Config, paths: RunPaths) -> d
 
     dataset = require(paths.dataset / "data", "curated dataset", "make data")
     train = load_from_disk(str(dataset))["train"]
-    texts = (row["prompt"] + row["completion"] for row in train)
+    system = config.data.system_prompt  # every row has it; make data's check leaves it out too
+    texts = (without_system(row["prompt"] + row["completion"], system) for row in train)
     overlaps = find_overlaps([p.prompt + p.canonical_solution for p in problems], texts, config.eval.ngram)
     return {
         "ngram": config.eval.ngram,
