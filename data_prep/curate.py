@@ -15,10 +15,8 @@
 from __future__ import annotations
 
 import importlib
-import multiprocessing
 import os
 import random
-import signal
 import threading
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
@@ -45,6 +43,7 @@ from data_prep.rows import (
     prepare_batch,
 )
 from data_prep.rules import DUPLICATE, TOO_LONG, active_rules
+from data_prep.workers import worker_map
 from evaluation.contamination import find_overlaps
 
 BATCH_SIZE = 256
@@ -130,25 +129,15 @@ def _count(texts: list[str]) -> list[int]:
 
 @contextmanager
 def workers(settings: RowSettings, count_tokens: TokenCounter, num_proc: int) -> Iterator[Callable]:
-    """An ordered, lazy `imap(function, items)` over `num_proc` worker processes holding the settings and
+    """An ordered, lazy `map(function, items)` over `num_proc` worker processes holding the settings and
     the tokenizer. They are spawned, not forked: each holds lxml, pyarrow and the tokenizer, not this
     process's memory; they start while this process reads Answers.csv."""
     if num_proc == 1:
         _start_worker(settings, count_tokens)
         yield map
         return
-    context = multiprocessing.get_context("spawn")
-    # Ctrl-C reaches every process of the terminal's process group, and a worker interrupted while it
-    # holds the pool's queue lock hangs the pool. So only this process handles it: the workers are
-    # started ignoring SIGINT, which they inherit from their first instruction (an initializer would run
-    # after a second or two of imports), and leaving the block terminates them, never joins them.
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        pool = context.Pool(num_proc, initializer=_start_worker, initargs=(settings, count_tokens))
-    finally:
-        signal.signal(signal.SIGINT, handler)
-    with pool:
-        yield pool.imap
+    with worker_map(num_proc, _start_worker, (settings, count_tokens)) as ordered_map:
+        yield ordered_map
 
 
 def filter_rows(config: Config, imap: Callable, rows_file: Path, stats: CurationStats) -> list[str]:
