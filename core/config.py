@@ -78,6 +78,10 @@ class DataConfig(Section):
     stackoverflow: StackOverflowSource | None = None
     alpaca: AlpacaSource | None = None
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
+    prompt_format: Literal["llama2", "chat_template"] = Field(
+        "llama2",
+        description="llama2: Meta's [INST] <<SYS>> format; chat_template: the base tokenizer's own (Llama-3)",
+    )
     validation_size: int = Field(1000, ge=1)
     too_long: Literal["drop", "truncate"] = Field(
         "drop",

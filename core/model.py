@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.config import Config, EmbeddedBaseConfig
 from core.errors import UserError
-from core.prompts import LLAMA2_CHAT_TEMPLATE
+from core.prompts import LLAMA2_CHAT_TEMPLATE, ChatFormat, Llama2Format, template_format
 
 if TYPE_CHECKING:  # torch is imported where it is used: curation resolves the base without it
     import torch
@@ -80,12 +80,18 @@ def device_map() -> dict[str, Any] | None:
     return {"": "cpu"}
 
 
-def load_tokenizer(path: str, revision: str | None = None, padding_side: str = "right"):
-    """The tokenizer with a pad token that is never EOS (Llama-2 has no pad token), and the chat template.
+def load_tokenizer(
+    path: str, revision: str | None = None, padding_side: str = "right", prompt_format: str = "llama2"
+):
+    """The tokenizer with the run's chat format and a pad token that is never EOS (Llama-2 has none).
 
-    `unk` is used, as Llama-2 recipes do, so the embeddings never need resizing under QLoRA and the real
-    EOS at the end of every completion keeps its label. Training pads on the right; batched generation on
-    the left, so that every prompt ends where its answer starts.
+    With `prompt_format` llama2 its chat template becomes Llama-2's; with chat_template it keeps its own,
+    and its EOS becomes the token that template ends an answer with (Llama-3's `<|eot_id|>`), so that the
+    trainer appends it, generation stops on it and the saved tokenizer says so to every server.
+    `unk` pads, as Llama-2 recipes do, so the embeddings never need resizing under QLoRA and the real
+    EOS at the end of every completion keeps its label; without one, a reserved special token pads.
+    Training pads on the right; batched generation on the left, so that every prompt ends where its
+    answer starts.
     """
     from transformers import AutoTokenizer
 
@@ -98,13 +104,52 @@ def load_tokenizer(path: str, revision: str | None = None, padding_side: str = "
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, legacy=True)
     if getattr(tokenizer, "legacy", None) is not None:
         tokenizer.init_kwargs["legacy"] = tokenizer.legacy  # transformers saves it only from here
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        if tokenizer.unk_token is None or tokenizer.unk_token_id == tokenizer.eos_token_id:
-            raise UserError(f"tokenizer of {path} has neither a pad nor an unk token to pad with")
-        tokenizer.pad_token = tokenizer.unk_token
+    if prompt_format == "llama2":
+        tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE  # the format trained here travels with the model
+    elif not tokenizer.chat_template:
+        raise UserError(
+            f"data.prompt_format is chat_template, but the tokenizer of {path} has none: use llama2"
+        )
+    else:
+        tokenizer.eos_token = chat_format(tokenizer).end_of_answer
+    tokenizer.pad_token = pad_token(tokenizer, path)
     tokenizer.padding_side = padding_side
-    tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE  # the format trained here travels with the model
     return tokenizer
+
+
+def base_tokenizer(config: Config):
+    """The run's base tokenizer in the run's chat format, as training sees it."""
+    base, revision = resolve_base(config), config.model.revision
+    return load_tokenizer(base, revision, prompt_format=config.data.prompt_format)
+
+
+def pad_token(tokenizer, path: str) -> str:
+    """Its pad token when that is not EOS; else unk; else a reserved special token (Llama-3 has neither)."""
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return tokenizer.pad_token
+    if tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
+        return tokenizer.unk_token
+    taken = {tokenizer.bos_token, tokenizer.eos_token, *tokenizer.all_special_tokens}
+    for _, token in sorted(tokenizer.added_tokens_decoder.items()):
+        if (
+            token.special
+            and token.content not in taken
+            and ("pad" in token.content or "reserved" in token.content)
+        ):
+            return token.content
+    raise UserError(f"tokenizer of {path} has no pad, unk or reserved special token to pad with")
+
+
+def chat_format(tokenizer) -> ChatFormat:
+    """The chat format of a tokenizer load_tokenizer gave: Llama-2's, or its own template's."""
+    if tokenizer.chat_template == LLAMA2_CHAT_TEMPLATE:
+        return Llama2Format(tokenizer.bos_token, tokenizer.eos_token)
+    specials = [token.content for token in tokenizer.added_tokens_decoder.values() if token.special]
+    ids = tokenizer("a")["input_ids"]
+    adds_bos = tokenizer.bos_token_id is not None and ids[:1] == [tokenizer.bos_token_id]
+    return template_format(
+        tokenizer.chat_template, tokenizer.bos_token, tokenizer.eos_token, specials, adds_bos
+    )
 
 
 def quantization_config(config: Config):

@@ -12,18 +12,18 @@ from core.config import Config
 from core.runs import RunPaths, atomic_dir, run_folder_lock, write_json_atomic
 from data_prep.card import dataset_card, summary
 from data_prep.curate import curate
-from data_prep.rows import load_token_counter
+from data_prep.rows import load_row_tokenizer
 
 log = logging.getLogger("data_prep")
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
     started = time.monotonic()
-    count_tokens = load_token_counter(config)
+    count_tokens, chat = load_row_tokenizer(config)
     paths = RunPaths.of(config)
     destination = paths.dataset
     with run_folder_lock(paths, "make data"), atomic_dir(destination) as staging:
-        stats = curate(config, count_tokens, staging)
+        stats = curate(config, count_tokens, chat, staging)
         write_json_atomic(staging / "stats.json", asdict(stats))
         (staging / "README.md").write_text(dataset_card(config, stats), encoding="utf-8")
     log.info("%s", summary(config, stats, f"{destination} in {time.monotonic() - started:.0f} s"))

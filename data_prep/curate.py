@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from core.config import Config
 from core.errors import UserError
-from core.prompts import without_system
+from core.prompts import ChatFormat, without_system
 from data_prep import alpaca, stackoverflow
 from data_prep.progress import Progress
 from data_prep.rows import (
@@ -296,13 +296,13 @@ def note_overlaps(
         )
 
 
-def curate(config: Config, count_tokens: TokenCounter, folder: Path) -> CurationStats:
+def curate(config: Config, count_tokens: TokenCounter, chat: ChatFormat, folder: Path) -> CurationStats:
     """Write the DatasetDict (train, validation) to `folder / "data"`; return what each rule did."""
     from datasets import DatasetDict
 
     stats = CurationStats(rules=active_rules(config))
     stats.dropped = dict.fromkeys(stats.rules, 0)
-    settings = RowSettings(config.data.system_prompt, config.data.require_code_block)
+    settings = RowSettings(config.data.system_prompt, config.data.require_code_block, chat)
     num_proc = config.data.num_proc or len(os.sched_getaffinity(0))
     rows_file = folder / "rows.arrow"
     with workers(settings, count_tokens, num_proc) as imap:

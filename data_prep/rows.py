@@ -16,7 +16,7 @@ import pyarrow as pa
 from tokenizers import Tokenizer
 
 from core.errors import UserError
-from core.prompts import render_completion, render_prompt
+from core.prompts import ChatFormat, Llama2Format
 from data_prep.html import html_to_markdown
 from data_prep.rules import EMPTY, NO_CODE_BLOCK
 
@@ -61,6 +61,7 @@ class Example(NamedTuple):
 class RowSettings:
     system_prompt: str | None
     require_code_block: bool
+    chat: ChatFormat
 
 
 @dataclass
@@ -105,10 +106,10 @@ def failed_rule(user: str, answer: str, settings: RowSettings) -> str | None:
     return None
 
 
-def render_row(example: Example, user: str, answer: str, system_prompt: str | None) -> dict[str, Any]:
+def render_row(example: Example, user: str, answer: str, settings: RowSettings) -> dict[str, Any]:
     return {
-        "prompt": render_prompt(user, system_prompt),
-        "completion": render_completion(answer),
+        "prompt": settings.chat.prompt(user, settings.system_prompt),
+        "completion": settings.chat.completion(answer),
         "source": example.source,
         "source_id": example.source_id,
         "question_score": example.question_score,
@@ -134,23 +135,24 @@ class TokenCounter:
         self._backend = Tokenizer.from_str(spec)
 
 
-def load_token_counter(config: Config) -> TokenCounter:
-    """The run's tokenizer as training loads it (core.model.load_tokenizer), of which only the backend is
-    kept: for Meta's Llama-2 files that is `legacy: true`, which counts text after a special token as
-    training does. The embedded base's tokenizer.json is exactly that backend (a test checks it), so it is
-    read directly, sparing this process transformers and torch (4 s and 250 MB)."""
-    from core.model import load_tokenizer, resolve_base
+def load_row_tokenizer(config: Config) -> tuple[TokenCounter, ChatFormat]:
+    """The run's tokenizer as training loads it (core.model.load_tokenizer): its chat format, and its backend
+    to count tokens with. For Meta's Llama-2 files that is `legacy: true`, which counts text after a special
+    token as training does. The embedded base's tokenizer.json is exactly that backend (a test checks it)
+    and its format Llama-2's, so in the default run they are had directly, sparing this process
+    transformers and torch (4 s and 250 MB)."""
+    from core.model import base_tokenizer, chat_format, resolve_base
 
     model = resolve_base(config)
-    if config.model.name_or_path == "embedded":
-        return TokenCounter(Tokenizer.from_file(str(Path(model) / "tokenizer.json")))
+    if config.model.name_or_path == "embedded" and config.data.prompt_format == "llama2":
+        return TokenCounter(Tokenizer.from_file(str(Path(model) / "tokenizer.json"))), Llama2Format()
     try:
-        tokenizer = load_tokenizer(model, config.model.revision)
+        tokenizer = base_tokenizer(config)
     except OSError as error:
         raise UserError(f"cannot load the tokenizer of {model}: {error}".replace("\n", " ")) from None
     if getattr(tokenizer, "backend_tokenizer", None) is None:
         raise UserError(f"the tokenizer of {model} is not a fast tokenizer: curation needs one")
-    return TokenCounter(tokenizer.backend_tokenizer)
+    return TokenCounter(tokenizer.backend_tokenizer), chat_format(tokenizer)
 
 
 def prepare_batch(examples: list[Example], settings: RowSettings) -> PreparedBatch:
@@ -159,7 +161,7 @@ def prepare_batch(examples: list[Example], settings: RowSettings) -> PreparedBat
     failed_rules, question_keys = [], []
     for example in examples:
         user, answer = user_and_answer(example)
-        for name, value in render_row(example, user, answer, settings.system_prompt).items():
+        for name, value in render_row(example, user, answer, settings).items():
             columns[name].append(value)
         failed_rules.append(failed_rule(user, answer, settings))
         question_keys.append(question_key(user))

@@ -35,6 +35,11 @@ def gguf_folder(paths: RunPaths) -> Path:
 
 def main(config: Config, args: argparse.Namespace) -> None:
     paths = RunPaths.of(config)
+    if config.data.prompt_format != "llama2":
+        raise UserError(
+            "make export writes Ollama's template for data.prompt_format llama2 only; this run uses the "
+            "base's chat template: serve the merged model (runs/<run>/merged), which carries it"
+        )
     merged = require(paths.merged / "config.json", "merged model", "make merge").parent
     require(paths.dataset / "data", "curated dataset", "make data")
     require_tools()
@@ -74,7 +79,7 @@ def export(config: Config, paths: RunPaths, merged: Path) -> None:
 
     started = time.perf_counter()
     rows = load_from_disk(str(paths.dataset / "data"))["validation"].to_list()
-    tokenizer = load_tokenizer(str(merged))
+    tokenizer = load_tokenizer(str(merged), prompt_format=config.data.prompt_format)
     merged_config = load_model_config(str(merged))
     sixteen = SIXTEEN_BIT[str(merged_config.dtype).removeprefix("torch.")]
     kinds = [sixteen, *QUANTIZED]

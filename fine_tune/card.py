@@ -150,6 +150,26 @@ def summary(config: Config, kind: Kind, base_id: str | None) -> str:
     )
 
 
+def prompt_format(config: Config) -> list[str]:
+    """The card's prompt format section."""
+    if config.data.prompt_format == "chat_template":
+        return [
+            "The base model's own chat template, saved with the tokenizer: `apply_chat_template` renders "
+            "exactly what training saw. An answer ends with the tokenizer's EOS token.\n"
+        ]
+    prompt = (
+        "<s>"
+        + render_prompt("{question}", config.data.system_prompt)
+        + render_completion("{answer}")
+        + "</s>"
+    )
+    return [
+        "Llama-2 chat; `<s>` and `</s>` are the tokenizer's BOS and EOS tokens, not text to type. "
+        "The tokenizer's chat template renders exactly this.\n",
+        f"```text\n{prompt}\n```\n",
+    ]
+
+
 def model_card(config: Config, kind: Kind, model_id: str, base_id: str | None, license_id: str | None) -> str:
     """README.md for `model_id` (a Hub id, or a local folder before any push)."""
     from huggingface_hub import ModelCardData
@@ -166,20 +186,12 @@ def model_card(config: Config, kind: Kind, model_id: str, base_id: str | None, l
         datasets=[config.hub.dataset_repo] if trained and config.hub.dataset_repo else None,
         tags=tags,
     )
-    prompt = (
-        "<s>"
-        + render_prompt("{question}", config.data.system_prompt)
-        + render_completion("{answer}")
-        + "</s>"
-    )
     sections = [
         f"---\n{metadata.to_yaml()}\n---\n",
         f"# {model_id}\n",
         summary(config, kind, base_id),
         "## Prompt format\n",
-        "Llama-2 chat; `<s>` and `</s>` are the tokenizer's BOS and EOS tokens, not text to type. "
-        "The tokenizer's chat template renders exactly this.\n",
-        f"```text\n{prompt}\n```\n",
+        *prompt_format(config),
     ]
     if trained:
         sections += [

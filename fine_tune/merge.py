@@ -25,8 +25,7 @@ import torch
 from core.cli import run_stage, stage_parser
 from core.config import Config
 from core.errors import UserError
-from core.model import load_model_config, load_tokenizer, resolve_base
-from core.prompts import render_completion, render_prompt
+from core.model import chat_format, load_model_config, load_tokenizer, resolve_base
 from core.runs import RunPaths, atomic_dir, require, run_folder_lock, write_json_atomic
 from fine_tune.card import base_hub_id, model_card
 from fine_tune.report import peak_rss_mb
@@ -48,7 +47,8 @@ def check_inputs(config: Config, tokenizer, count: int = 4) -> dict[str, torch.T
         rows = load_from_disk(str(dataset_dir))["validation"].select(range(count))
         texts = [row["prompt"] + row["completion"] for row in rows]
     else:
-        texts = [render_prompt("How do I reverse a list?") + render_completion("Use `items[::-1]`.")]
+        chat = chat_format(tokenizer)
+        texts = [chat.prompt("How do I reverse a list?") + chat.completion("Use `items[::-1]`.")]
     return tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=256)
 
 
@@ -88,7 +88,7 @@ def merge(config: Config, paths: RunPaths, adapter: Path) -> None:
     dtype = getattr(torch, config.merge.dtype)
     base_path = resolve_base(config)
     refuse_quantized_base(base_path, config.model.revision)
-    tokenizer = load_tokenizer(str(adapter))  # pad = unk, never EOS; the Llama-2 chat template
+    tokenizer = load_tokenizer(str(adapter), prompt_format=config.data.prompt_format)  # pad never EOS
     inputs = check_inputs(config, tokenizer)
 
     base = AutoModelForCausalLM.from_pretrained(base_path, revision=config.model.revision, dtype=dtype)

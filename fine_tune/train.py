@@ -23,10 +23,10 @@ from core.cli import run_stage, stage_parser
 from core.config import Config
 from core.errors import UserError
 from core.model import (
+    base_tokenizer,
     compute_dtype,
     device_map,
     load_model_config,
-    load_tokenizer,
     quantization_config,
     resolve_base,
 )
@@ -201,7 +201,7 @@ def build_trainer(config: Config, paths: RunPaths, fingerprint: dict[str, Any]):
     dataset = load_from_disk(str(paths.dataset / "data"))
     set_seed(config.run.seed)
     base = resolve_base(config)
-    tokenizer = load_tokenizer(base, config.model.revision)
+    tokenizer = base_tokenizer(config)
     model = load_quantized_model(config, base)
     tensorboard = TensorBoardCallback()
     tensorboard.logging_dir = str(paths.logs)  # else the evaluation after training logs to checkpoints/runs
@@ -233,7 +233,7 @@ def write_adapter_from_checkpoint(
         # This run's fingerprint, not the checkpoint's: a best checkpoint saved before the run was lengthened
         # holds the old length, and the adapter would then never count as this run's.
         write_fingerprint(staging, fingerprint)
-        load_tokenizer(resolve_base(config), config.model.revision).save_pretrained(staging)
+        base_tokenizer(config).save_pretrained(staging)
     log.info("adapter written from %s: %s", source, paths.adapter)
 
 

@@ -23,6 +23,7 @@ from inference.generate import (
     describe_decoding,
     generate,
     load_model,
+    model_chat_format,
     resolve_model,
     stream_answer,
 )
@@ -47,7 +48,8 @@ def main(config: Config, args: argparse.Namespace) -> None:
     requests = requests_from_args(args)
     source = resolve_model(config, args.model)
     system = config.data.system_prompt if args.system is None else args.system
-    prompts = [request.rendered(system) for request in requests]
+    chat = model_chat_format(config, source)
+    prompts = [request.rendered(chat, system) for request in requests]
     check_prompts_fit(config, source, [(r.where, p) for r, p in zip(requests, prompts, strict=True)])
     model, tokenizer = load_model(source, config)
     settings = config.inference

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from core.cli import run_stage, stage_parser
 from core.config import Config, InferenceConfig
 from core.errors import UserError
-from core.prompts import render_prompt
+from core.model import chat_format
 from inference.generate import (
     add_model_option,
     context_length,
@@ -39,9 +39,7 @@ def fitted_prompt(
     """The rendered prompt with as many recent turns as leave room for the answer in the context, and how
     many were dropped."""
     for dropped in range(len(history) + 1):
-        prompt = render_prompt(
-            user, system, history[dropped:], eos_token=tokenizer.eos_token, bos_token=tokenizer.bos_token
-        )
+        prompt = chat_format(tokenizer).prompt(user, system, history[dropped:])
         tokens = len(tokenizer(prompt)["input_ids"])
         if tokens <= context - settings.max_new_tokens:
             return prompt, dropped

@@ -23,6 +23,7 @@ import torch
 
 from core.cli import run_stage, stage_parser
 from core.config import Config
+from core.prompts import ChatFormat
 from core.runs import RunPaths, require, run_folder_lock, write_json_atomic, write_text_atomic
 from evaluation.problems import Problem
 from inference.eval_report import eval_summary_html, eval_table
@@ -35,6 +36,7 @@ from inference.generate import (
     decoding_settings,
     generate,
     load_model,
+    model_chat_format,
     resolve_model,
 )
 from inference.metrics import completion_labels, rouge_l, summarize, summed_token_loss
@@ -91,7 +93,9 @@ def evaluate_model(
     return loss, answers, seconds, solutions
 
 
-def comparison_items(rows: list[dict], hand_written: list[PromptRequest], system: str | None) -> list[dict]:
+def comparison_items(
+    rows: list[dict], hand_written: list[PromptRequest], chat: ChatFormat, system: str | None
+) -> list[dict]:
     """What both models answer: validation examples (prompts already rendered), then hand-written ones."""
     validation = [
         {"kind": f"validation example {i}", "prompt": row["prompt"], "reference": row["completion"].strip()}
@@ -100,7 +104,7 @@ def comparison_items(rows: list[dict], hand_written: list[PromptRequest], system
     written = [
         {
             "kind": f"hand-written prompt {i}",
-            "prompt": request.rendered(system),
+            "prompt": request.rendered(chat, system),
             "reference": request.reference,
         }
         for i, request in enumerate(hand_written, 1)
@@ -122,9 +126,10 @@ def compare(config: Config, args: argparse.Namespace, paths: RunPaths) -> None:
     rows = validation.select(range(min(config.inference.compare_examples, len(validation)))).to_list()
     hand_written = read_prompts(config.inference.compare_prompts) if config.inference.compare_prompts else []
 
-    items = comparison_items(rows, hand_written, config.data.system_prompt)
-    prompts = [item["prompt"] for item in items]
     sources = {"base": resolve_model(config, "base"), "fine-tuned": resolve_model(config, args.model)}
+    chat = model_chat_format(config, sources["fine-tuned"])
+    items = comparison_items(rows, hand_written, chat, config.data.system_prompt)
+    prompts = [item["prompt"] for item in items]
     where = [item["kind"] for item in items[: len(rows)]] + [request.where for request in hand_written]
     for source in sources.values():
         check_prompts_fit(config, source, list(zip(where, prompts, strict=True)))

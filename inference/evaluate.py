@@ -26,7 +26,8 @@ from typing import Any
 from core.cli import run_stage, stage_parser
 from core.config import Config, InferenceConfig
 from core.errors import UserError
-from core.prompts import render_prompt, without_system
+from core.model import chat_format
+from core.prompts import ChatFormat, without_system
 from core.runs import RunPaths, require, run_folder_lock, write_json_atomic, write_text_atomic
 from evaluation.contamination import find_overlaps
 from evaluation.problems import (
@@ -49,6 +50,7 @@ from inference.generate import (
     decoding_settings,
     generate_ids,
     load_model,
+    model_chat_format,
     resolve_model,
 )
 from inference.metrics import python_blocks
@@ -71,8 +73,8 @@ def eval_settings(config: Config) -> InferenceConfig:
     )
 
 
-def style_prompt(problem: Problem, style: str, system: str | None) -> str:
-    return render_prompt(instruction(problem), system) if style == "instruct" else problem.prompt
+def style_prompt(problem: Problem, style: str, chat: ChatFormat, system: str | None) -> str:
+    return chat.prompt(instruction(problem), system) if style == "instruct" else problem.prompt
 
 
 def answer_code(text: str) -> str:
@@ -88,7 +90,8 @@ def answer_problems(model, tokenizer, problems: list[Problem], config: Config, l
     context = getattr(model.config, "max_position_embeddings", DEFAULT_CONTEXT)
     answers: dict[str, list[list[dict[str, Any]]]] = {}
     for style in config.eval.styles:
-        prompts = [style_prompt(p, style, config.data.system_prompt) for p in problems]
+        chat = chat_format(tokenizer)
+        prompts = [style_prompt(p, style, chat, config.data.system_prompt) for p in problems]
         fits = [len(tokenizer(p)["input_ids"]) + settings.max_new_tokens <= context for p in prompts]
         asked = [i for i, fit in enumerate(fits) for _ in range(config.eval.samples) if fit]
         log.info("%s, %s style: %d problems x %d answers", label, style, sum(fits), config.eval.samples)
@@ -219,6 +222,7 @@ def evaluation_report(
     sandbox_seconds = run_answers(answers, limits)
     styles = config.eval.styles
     first_model, second_model = sources
+    chat = model_chat_format(config, sources[second_model])
     summary = {
         style: {label: style_summary(answers[label][style], config.eval.pass_at) for label in sources}
         for style in styles
@@ -248,7 +252,7 @@ def evaluation_report(
             {
                 "task_id": problem.task_id,
                 "style": style,
-                "prompt": style_prompt(problem, style, config.data.system_prompt),
+                "prompt": style_prompt(problem, style, chat, config.data.system_prompt),
                 "answers": {label: answers[label][style][index] for label in sources},
             }
             for style in styles

@@ -24,7 +24,15 @@ import torch
 from core.config import HUB_REPO_ID, Config, InferenceConfig
 from core.errors import UserError, shortened
 from core.hub import REPO_ID_RULES, failure_reason, offline_variable
-from core.model import embedded_base_dir, load_tokenizer, model_dtype, quantization_config, resolve_base
+from core.model import (
+    chat_format,
+    embedded_base_dir,
+    load_tokenizer,
+    model_dtype,
+    quantization_config,
+    resolve_base,
+)
+from core.prompts import ChatFormat
 from core.runs import RunPaths
 
 log = logging.getLogger(__name__)
@@ -210,7 +218,13 @@ def load_model_tokenizer(config: Config, source: ModelSource):
     """The tokenizer, set for batched generation (left padding, a pad token that is not EOS)."""
     require_file(config, "the tokenizer", source.path, TOKENIZER_FILES)
     with loading(config, "the tokenizer", source.path):
-        return load_tokenizer(source.path, padding_side="left")
+        return load_tokenizer(source.path, padding_side="left", prompt_format=config.data.prompt_format)
+
+
+def model_chat_format(config: Config, source: ModelSource) -> ChatFormat:
+    """The chat format prompts to this model are rendered in: the run's, as its tokenizer carries it."""
+    context_length(config, source)  # first: a damaged config.json is named as such, not as the tokenizer's
+    return chat_format(load_model_tokenizer(config, source))
 
 
 def too_long(where: str | None, tokens: int, context: int, settings: InferenceConfig) -> UserError:

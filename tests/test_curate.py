@@ -9,6 +9,7 @@ import pytest
 from datasets import load_from_disk
 
 from core.errors import UserError
+from core.model import chat_format
 from data_prep import progress
 from data_prep.curate import curate
 from data_prep.rows import TokenCounter, normalized_question
@@ -41,7 +42,8 @@ def run_curation(config, tokenizer, tmp_path):
     """(train rows, validation rows, stats, the dataset folder) of one curation into a fresh folder."""
     folder = tmp_path / f"curated-{next(RUNS)}"
     folder.mkdir()
-    stats = curate(config, TokenCounter(tokenizer.backend_tokenizer), folder)
+    chat = chat_format(tokenizer)
+    stats = curate(config, TokenCounter(tokenizer.backend_tokenizer), chat, folder)
     dataset = load_from_disk(str(folder / "data"))
     assert sorted(path.name for path in folder.iterdir()) == ["data"]  # the scratch rows file is gone
     return dataset["train"].to_list(), dataset["validation"].to_list(), stats, folder / "data"

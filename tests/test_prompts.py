@@ -198,3 +198,87 @@ def test_loss_mask_covers_exactly_the_completion_and_eos(prepared):
         for token, label, mask in zip(row_ids, row_labels, row_mask, strict=True):
             if mask == 0:
                 assert label == -100 and token == tokenizer.pad_token_id
+
+
+# Meta's Llama-3-Instruct chat template, as published with meta-llama/Meta-Llama-3-8B-Instruct.
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+LLAMA3_SPECIALS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+]
+
+
+def llama3_format():
+    from core.prompts import template_format
+
+    return template_format(LLAMA3_TEMPLATE, "<|begin_of_text|>", "<|end_of_text|>", LLAMA3_SPECIALS, True)
+
+
+def test_a_llama3_prompt_is_the_template_without_the_bos_the_tokenizer_adds():
+    chat = llama3_format()
+    assert chat.end_of_answer == "<|eot_id|>" and chat.bos_written == "<|begin_of_text|>"
+    assert chat.prompt(" How? ", "Be exact.") == (
+        "<|start_header_id|>system<|end_header_id|>\n\nBe exact.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nHow?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    assert chat.prompt("How?", "  ") == (
+        "<|start_header_id|>user<|end_header_id|>\n\nHow?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+
+
+def test_a_llama3_completion_is_the_answer_and_a_closed_turn_is_prompt_completion_end():
+    chat = llama3_format()
+    assert chat.completion("  Use `x[::-1]`.\n") == "Use `x[::-1]`."
+    follow_up = chat.prompt("And sets?", "Be exact.", [("How?", " Use it. ")])
+    closed = chat.prompt("How?", "Be exact.") + chat.completion(" Use it. ") + chat.end_of_answer
+    assert follow_up == closed + "<|start_header_id|>user<|end_header_id|>\n\nAnd sets?<|eot_id|>" + (
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(CONVERSATIONS))
+def test_the_llama2_template_read_as_a_chat_template_renders_what_the_llama2_format_does(name):
+    from core.prompts import Llama2Format, template_format
+
+    system, history, user = CONVERSATIONS[name]
+    generic = template_format(LLAMA2_CHAT_TEMPLATE, "<s>", "</s>", ["<s>", "</s>", "<unk>"], True)
+    assert generic.end_of_answer == "</s>"
+    assert generic.prompt(user, system, history) == Llama2Format().prompt(user, system, history)
+    assert generic.completion(" An answer\n") == Llama2Format().completion(" An answer\n")
+
+
+def test_a_template_that_cannot_teach_stopping_or_moves_the_prompt_is_refused_in_one_line():
+    from core.errors import UserError
+    from core.prompts import template_format
+
+    plain = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    plain += "{% if add_generation_prompt %}assistant: {% endif %}"
+    with pytest.raises(UserError, match=r"ends an answer with '', not a special token"):
+        template_format(plain, None, "</s>", ["</s>"], False)
+    moving = (
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}>>{% endif %}"
+    )
+    with pytest.raises(UserError, match="does not write the answer right after its generation prompt"):
+        template_format(moving, None, "</s>", ["</s>"], False)
+
+
+def test_without_system_drops_the_llama2_block_or_the_system_words():
+    from core.prompts import without_system
+
+    llama2 = render_prompt("How?", "Be exact.")
+    assert without_system(llama2, "Be exact.") == "[INST] How? [/INST]"
+    llama3 = llama3_format().prompt("How?", "Be exact.")
+    assert "Be exact." not in without_system(llama3, "Be exact.") and "How?" in without_system(
+        llama3, " Be exact."
+    )
+    assert without_system(llama2, None) == llama2

@@ -5,7 +5,7 @@ from argparse import Namespace
 import pytest
 
 from core.errors import UserError
-from core.prompts import render_prompt
+from core.prompts import Llama2Format, render_prompt
 from inference.__main__ import requests_from_args
 from inference.prompts_file import PromptRequest, parse_prompt_jsonl, parse_prompt_lines, read_prompts
 
@@ -28,9 +28,9 @@ def test_jsonl_reads_prompt_system_and_reference():
 
 
 def test_rendering_uses_the_configured_system_prompt_unless_the_line_sets_one():
-    assert PromptRequest("a?").rendered("Be brief.") == render_prompt("a?", "Be brief.")
-    assert PromptRequest("a?", system="").rendered("Be brief.") == "[INST] a? [/INST]"
-    assert PromptRequest("a?", system="Own.").rendered("Be brief.") == render_prompt("a?", "Own.")
+    assert PromptRequest("a?").rendered(Llama2Format(), "Be brief.") == render_prompt("a?", "Be brief.")
+    assert PromptRequest("a?", system="").rendered(Llama2Format(), "Be brief.") == "[INST] a? [/INST]"
+    assert PromptRequest("a?", system="Own.").rendered(Llama2Format(), "Be brief.") == render_prompt("a?", "Own.")
 
 
 @pytest.mark.parametrize(

@@ -4,14 +4,14 @@ import pickle
 
 import pytest
 
-from core.prompts import render_completion, render_prompt
+from core.prompts import Llama2Format, render_completion, render_prompt
 from data_prep.rows import (
     Example,
     RowSettings,
     TokenCounter,
     failed_rule,
     has_code_block,
-    load_token_counter,
+    load_row_tokenizer,
     normalized_question,
     prepare_batch,
     question_key,
@@ -20,7 +20,7 @@ from data_prep.rows import (
 from data_prep.rules import EMPTY, NO_CODE_BLOCK
 from tests.conftest import smoke_config
 
-SETTINGS = RowSettings(system_prompt="Be exact.", require_code_block=False)
+SETTINGS = RowSettings(system_prompt="Be exact.", require_code_block=False, chat=Llama2Format())
 
 
 def test_a_real_fenced_block_counts_as_code():
@@ -59,7 +59,7 @@ def test_alpaca_text_is_kept_as_written_but_trimmed():
 
 
 def test_one_row_rules_in_order():
-    code = RowSettings(None, require_code_block=True)
+    code = RowSettings(None, require_code_block=True, chat=Llama2Format())
     assert failed_rule("", "answer", SETTINGS) == EMPTY
     assert failed_rule("question", "", code) == EMPTY
     assert failed_rule("question", "no code here", code) == NO_CODE_BLOCK
@@ -112,6 +112,7 @@ def test_curation_counts_the_tokens_of_the_tokenizer_training_loads(request, bas
         config = smoke_config(tmp_path, f"model.name_or_path={request.getfixturevalue('llama2_base_dir')}")
     texts = ["def f(x):\n        return x  # ünïcode", "[INST] <<SYS>>\nBe exact.\n<</SYS>>\n\nhi [/INST] ok",
              "strike <s>old</s>indeed"]  # fmt: skip
-    counter = load_token_counter(config)
+    counter, chat = load_row_tokenizer(config)
+    assert chat == Llama2Format(tokenizer.bos_token, tokenizer.eos_token)
     assert counter(texts) == [len(ids) + 1 for ids in tokenizer(texts)["input_ids"]]
     assert pickle.dumps(counter) == pickle.dumps(TokenCounter(tokenizer.backend_tokenizer))
