@@ -23,6 +23,7 @@ SMOKE = REPO / "configs" / "smoke.yaml"
 LLAMA2_TOKENIZER = (
     REPO / "tests" / "fixtures" / "llama2-tokenizer"
 )  # Meta's, rebuilt offline: see README.md there
+LLAMA3_TOKENIZER = REPO / "tests/fixtures/llama3-tokenizer"
 
 
 def smoke_config(tmp: Path, *overrides: str) -> Config:
