@@ -1,0 +1,147 @@
+"""Llama-3 with its own chat format, offline (`data.prompt_format: chat_template`): Meta's Llama-3 tokenizer
+(tests/fixtures/llama3-tokenizer) on a random tiny Llama-3-shaped base, through curation, QLoRA training,
+the merge and infer, as a user runs them with model.name_or_path=<folder>.
+
+The traps checked: the template writes `<|begin_of_text|>` and the tokenizer adds one too (a double BOS);
+the answer must end with `<|eot_id|>`, the label that teaches the model to stop, and generation must stop
+on it; Llama-3 has neither a pad nor an unk token, and padding with EOS would mask that label away.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LLAMA2_RUN, LLAMA3_TOKENIZER, curated_rows, run_stage, sft_examples
+
+pytestmark = pytest.mark.e2e
+
+BOS, EOT, END_OF_TEXT = 128000, 128009, 128001
+CHAT_TEMPLATE = ("--set", "data.prompt_format=chat_template")
+# Llama-3-8B's configuration shrunk to a model the tests train in seconds (grouped-query attention kept).
+LLAMA3_SMALL = {
+    "vocab_size": 128256, "hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 8192,
+    "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "bos_token_id": BOS, "eos_token_id": END_OF_TEXT,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def llama3_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny LlamaForCausalLM shaped like Llama-3-8B-Instruct, in bfloat16 as Meta publishes it, with
+    Meta's tokenizer files (EOS `<|eot_id|>`, no pad, no unk): a user's local base folder."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("llama3-base") / "tiny-llama-3"
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**LLAMA3_SMALL))
+    model.generation_config = GenerationConfig(bos_token_id=BOS, eos_token_id=[END_OF_TEXT, EOT])
+    model.to(torch.bfloat16).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(LLAMA3_TOKENIZER / name, folder)
+    return folder
+
+
+def llama3_stage(module: str, tmp: Path, base: Path, *extra: str):
+    return run_stage(module, tmp, "--set", f"model.name_or_path={base}", *CHAT_TEMPLATE, *LLAMA2_RUN, *extra)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, llama3_base_dir: Path) -> Path:
+    """The smoke data curated, trained on and merged in Llama-3's format: the run folder."""
+    tmp = tmp_path_factory.mktemp("llama3-run")
+    for module in ("data_prep", "fine_tune.train", "fine_tune.merge"):
+        llama3_stage(module, tmp, llama3_base_dir)
+    return tmp / "runs" / "smoke"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from core.model import load_tokenizer
+
+    return load_tokenizer(str(LLAMA3_TOKENIZER), prompt_format="chat_template")
+
+
+def test_the_tokenizer_ends_answers_with_eot_and_pads_with_a_reserved_token(tokenizer):
+    from core.model import chat_format
+
+    assert (tokenizer.eos_token, tokenizer.eos_token_id) == ("<|eot_id|>", EOT)
+    assert tokenizer.pad_token.startswith("<|reserved_special_token") and tokenizer.pad_token_id not in (
+        BOS,
+        EOT,
+    )
+    chat = chat_format(tokenizer)
+    conversation = [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "How?"}]
+    # the saved template renders what training sees, BOS aside: the tokenizer adds it when it encodes
+    rendered = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    assert rendered == "<|begin_of_text|>" + chat.prompt("How?", "Be exact.")
+    ids = tokenizer(chat.prompt("How?", "Be exact.") + chat.completion("Use it.") + tokenizer.eos_token)[
+        "input_ids"
+    ]
+    assert ids[0] == BOS and ids.count(BOS) == 1 and ids[-1] == EOT and ids.count(EOT) == 3
+
+
+def test_a_base_without_a_chat_template_is_one_line(tmp_path):
+    from core.errors import UserError
+    from core.model import load_tokenizer
+
+    shutil.copy(LLAMA3_TOKENIZER / "tokenizer.json", tmp_path)
+    settings = json.loads((LLAMA3_TOKENIZER / "tokenizer_config.json").read_text())
+    settings.pop("chat_template")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(settings))
+    with pytest.raises(
+        UserError, match="data.prompt_format is chat_template, but the tokenizer of .* has none"
+    ):
+        load_tokenizer(str(tmp_path), prompt_format="chat_template")
+
+
+def test_training_sees_one_bos_the_prompt_masked_and_eot_as_the_last_label(
+    run, llama3_base_dir, tokenizer, tmp_path
+):
+    rows = [
+        {"prompt": row["prompt"], "completion": row["completion"]} for row in curated_rows(run.parent.parent)
+    ]
+    assert rows and all(row["prompt"].startswith("<|start_header_id|>system") for row in rows)
+    assert not any("<|eot_id|>" in row["completion"] or "<|begin_of_text|>" in row["prompt"] for row in rows)
+    examples, batch = sft_examples(llama3_base_dir, tokenizer, rows, tmp_path)
+    for row, example in zip(rows, examples, strict=True):
+        ids, labels = example["input_ids"], example["labels"]
+        assert ids[0] == BOS and ids.count(BOS) == 1
+        prompt_ids = tokenizer(row["prompt"])["input_ids"]
+        assert ids[: len(prompt_ids)] == prompt_ids and set(labels[: len(prompt_ids)]) == {-100}
+        assert labels[len(prompt_ids) :] == ids[len(prompt_ids) :] and labels[-1] == EOT
+        assert tokenizer.decode(ids[len(prompt_ids) :]) == row["completion"] + "<|eot_id|>"
+    for row_labels, mask in zip(batch["labels"].tolist(), batch["attention_mask"].tolist(), strict=True):
+        assert all(label == -100 for label, real in zip(row_labels, mask, strict=True) if not real)
+        assert EOT in row_labels  # padding never hides the stop label
+
+
+def test_the_merged_model_stops_on_eot_and_infer_sends_what_training_saw(run, llama3_base_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from core.model import chat_format
+    from inference.generate import generate_ids, load_model, resolve_model
+    from tests.conftest import smoke_config
+
+    assert json.loads((run / "reports" / "merge_check.json").read_text())["passed"]
+    merged = AutoModelForCausalLM.from_pretrained(run / "merged")
+    assert merged.generation_config.eos_token_id == EOT
+    for folder in ("adapter", "merged"):
+        saved = AutoTokenizer.from_pretrained(run / folder)
+        assert (saved.eos_token_id, saved.bos_token_id) == (EOT, BOS) and saved.pad_token_id not in (BOS, EOT)
+    config = smoke_config(run.parent.parent, f"model.name_or_path={llama3_base_dir}", *CHAT_TEMPLATE[1::2])
+    rows = curated_rows(run.parent.parent)[:4]
+    one_token = config.inference.model_copy(update={"max_new_tokens": 1})
+    for name in ("new_model", "base"):
+        model, loaded = load_model(resolve_model(config, name), config)
+        assert chat_format(loaded).end_of_answer == "<|eot_id|>" and loaded.eos_token_id == EOT
+        sent = [ids for ids, _ in generate_ids(model, loaded, [row["prompt"] for row in rows], one_token)]
+        assert sent == [loaded(row["prompt"])["input_ids"] for row in rows], name
+    answered = llama3_stage(
+        "inference", run.parent.parent, llama3_base_dir, "--prompt", "How do I sort a dict?"
+    )
+    assert answered.stdout.strip() and "<|start_header_id|>" not in answered.stdout
