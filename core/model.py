@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: curation resolves the b
 
 # Part of the embedded base's cache key: bump it whenever fine_tune/base.py's recipe changes what a spec
 # builds.
-EMBEDDED_RECIPE_VERSION = 2
+EMBEDDED_RECIPE_VERSION = 3
 
 
 def embedded_base_dir(spec: EmbeddedBaseConfig) -> Path:

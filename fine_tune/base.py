@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
 BYTE_TOKENS = [f"<0x{value:02X}>" for value in range(256)]
-# Chunks BPE may merge within: indentation (a run of spaces, less the one that opens the next word),
-# a word with its opening space, a run of newlines. Indentation becomes a few tokens, not one per space.
+# Chunks the trainer learns pieces within: indentation (a run of spaces, less the one that opens the next
+# word), a word with its opening space, a run of newlines. Indentation becomes a few tokens, not one per
+# space.
 PRE_TOKENIZER_PATTERN = r"▁+(?=▁)|▁?[^▁\n]+|▁+|\n+"
 
 
@@ -86,6 +87,10 @@ def build_tokenizer(texts: list[str], vocab_size: int):
     pieces = [piece for piece, _ in learned if piece not in SPECIAL_TOKENS and piece not in BYTE_TOKENS]
     ordered = SPECIAL_TOKENS + BYTE_TOKENS + pieces
     state["model"]["vocab"] = {piece: index for index, piece in enumerate(ordered)}
+    state["model"]["merges"] = piece_merges(state["model"]["vocab"], state["model"]["merges"])
+    # The pre-tokenizer only shaped what the trainer learned. Without it, and with every split of a piece
+    # ranked by the piece, the tokenizer splits text as SentencePiece does (llama.cpp reads it so).
+    state["pre_tokenizer"] = None
     tokenizer = Tokenizer.from_str(json.dumps(state))
 
     tokenizer.post_processor = processors.TemplateProcessing(
@@ -103,6 +108,24 @@ def build_tokenizer(texts: list[str], vocab_size: int):
         padding_side="right",
         clean_up_tokenization_spaces=False,
     )
+
+
+def piece_merges(vocab: dict[str, int], trained: list) -> list[list[str]]:
+    """Merges that make BPE split text as SentencePiece does: a pair of adjacent pieces merges when their
+    concatenation is a piece, the best-ranked such piece first. A piece's rank is that of the first
+    trained merge making it (the order its score has in llama.cpp's copy); every split of it into two
+    pieces is a merge of that rank."""
+    rank: dict[str, int] = {}
+    for index, merge in enumerate(trained):
+        left, right = merge if isinstance(merge, list) else merge.split(" ", 1)
+        rank.setdefault(left + right, index)
+    merges = [
+        (rank[piece], vocab[piece[:cut]], vocab[piece[cut:]], piece[:cut], piece[cut:])
+        for piece in rank
+        for cut in range(1, len(piece))
+        if piece[:cut] in vocab and piece[cut:] in vocab
+    ]
+    return [[left, right] for *_, left, right in sorted(merges)]
 
 
 def pretrain_blocks(tokenizer, texts: list[str], seq_len: int) -> list[list[int]]:

@@ -180,13 +180,19 @@ def test_a_tokenizer_llama_cpp_cannot_convert_is_one_line(exported, tmp_path):
 
 
 @pytest.mark.e2e
-def test_the_embedded_base_tokenizer_is_refused_in_one_line(exported, pipeline):
-    """llama.cpp reads a Llama tokenizer as SentencePiece, which splits text unlike the embedded base's
-    tokenizer (its pre-tokenizer splits words first, its merges are its trainer's): the check says so."""
-    tmp, run = pipeline
-    result = run_stage("export", tmp, check=False)
-    assert_one_error(result, "error: export check failed: the GGUF's tokenizer gives other ids than ours on ")
-    assert not (run / "gguf").exists()
+def test_the_smoke_runs_own_model_exports_and_llama_cpp_agrees(pipeline, tmp_path):
+    """The embedded base's tokenizer is one llama.cpp reproduces (no pre-tokenizer, merges ranked as
+    SentencePiece ranks pieces), so the smoke run's merged model exports, checked token for token."""
+    pytest.importorskip("llama_cpp", reason="make test installs requirements-export.txt")
+    run = tmp_path / "runs" / "smoke"
+    for folder in ("dataset", "merged"):
+        shutil.copytree(pipeline[1] / folder, run / folder)
+    (tmp_path / "base").symlink_to(pipeline[0] / "base")
+    run_stage("export", tmp_path)
+    report = json.loads((run / "reports" / "export_check.json").read_text())
+    assert report["passed"] and report["tokenizer"]["identical"] == report["tokenizer"]["texts"] == 17
+    assert report["chat_template"]["identical"] == 4
+    assert report["sixteen_bit"]["identical_greedy_answers"] == 4
 
 
 @pytest.mark.e2e
