@@ -3,8 +3,9 @@
 1. A Llama-2-7B-shaped QLoRA run: random float16 weights of Llama-2-7B's shape with Meta's tokenizer
    (tests/fixtures/llama2-tokenizer), the Stack Overflow sample curated at length 512, and the
    llama2-7b-python profile's training (NF4 base, float16 compute, paged_adamw_32bit, gradient
-   checkpointing, LoRA r 64 on q/v) for a few steps, built by the training stage's own build_trainer.
-   It prints the memory after loading, the peak memory and tokens/s beside the seed's figures.
+   checkpointing, LoRA r 64 on q/v) for a few steps, built by the training stage's own build_trainer;
+   then the same with quant.bits 8 (LLM.int8) and 16 (the unquantized float16 base). It prints each
+   one's memory after loading, peak memory and tokens/s beside the seed's (4-bit) figures.
 2. The tiny profile end to end on the GPU, each stage as a user runs it: base, data, train (bf16 where
    the GPU has it, else fp16), merge and its self-check, compare.
 
@@ -14,7 +15,7 @@ reachable, downloads their wheels into .cache/gpu-wheels (the versions installed
 x86-64 Linux, at most 64 MiB); bring that folder along, and the check installs those that are missing or
 older than the bundled ones into .cache/gpu-site and runs with them.
 
-    python -m benchmarks.gpu_check [--steps 6]
+    python -m benchmarks.gpu_check [--steps 6] [--bits 4 8 16]
     python -m benchmarks.gpu_check --download-wheels [--python-version 3.12]
 
 Results also go to runs/gpu-check/results.json.
@@ -59,6 +60,7 @@ PLATFORMS = (
 RESTARTED = "GPU_CHECK_SITE"  # set in the process that runs with the installed wheels
 # The seed's QLoRA figures for Llama-2-7B (4-bit, gradient checkpointing, batch 2): shared/reference.
 SEED = {"batch": 2, "loaded_gb": 6.1, "peak_gb": 8.1}
+BITS = (4, 8, 16)  # the quant.bits the 7B-shaped run trains with: the profile's QLoRA first
 
 
 class CheckFailed(Exception):
@@ -197,17 +199,39 @@ def stage(module: str, profile: str, overrides: list[str]) -> subprocess.Complet
     return result
 
 
-def qlora_run(model_config, work: Path, steps: int, batch_size: int) -> dict[str, Any]:
-    """The llama2-7b-python profile's QLoRA training of a random base shaped by `model_config`, with Meta's
+def qlora_runs(
+    model_config, work: Path, steps: int, batch_size: int, bits: tuple[int, ...] = BITS
+) -> dict[str, Any]:
+    """The llama2-7b-python profile's training of a random base shaped by `model_config`, with Meta's
     tokenizer, on the Stack Overflow sample curated at the profile's length (512), for `steps` steps of
-    `batch_size`: memory after loading and at its peak (on a GPU), and tokens/s after the first step."""
-    import torch
-    from transformers import TrainerCallback
+    `batch_size`, once per `quant.bits` in `bits` (the profile's 4: QLoRA; 8: LLM.int8; 16: unquantized
+    float16) on the same base and data: each run's memory after loading and at its peak (on a GPU), and
+    tokens/s after the first step. A run other than bits 4 that runs out of GPU memory says so in its
+    result; bits 4 running out fails the check."""
+    import gc
 
-    from core.config import load_config
-    from core.runs import RunPaths
-    from fine_tune.resume import training_fingerprint
-    from fine_tune.train import build_trainer
+    import torch
+
+    overrides, parameters = prepare_7b_run(model_config, work, steps, batch_size)
+    results: dict[str, Any] = {"parameters": parameters}
+    for count in bits:
+        try:
+            results[f"bits_{count}"] = qlora_run(overrides, count)
+        except torch.cuda.OutOfMemoryError as error:
+            if count == 4:
+                raise CheckFailed(f"the 7B profile's QLoRA run ran out of GPU memory: {error}") from None
+            results[f"bits_{count}"] = {"out_of_memory": str(error).splitlines()[0]}
+        gc.collect()  # the trainer and its model, before the next run measures
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return results
+
+
+def prepare_7b_run(model_config, work: Path, steps: int, batch_size: int) -> tuple[list[str], int]:
+    """A random float16 base shaped by `model_config` with Meta's tokenizer in work/base, and the Stack
+    Overflow sample curated for `steps` steps of `batch_size`: the llama2-7b-python profile's overrides for
+    them, and the base's parameter count."""
+    import torch
 
     base = work / "base"
     parameters = write_random_checkpoint(model_config, base, "cuda" if torch.cuda.is_available() else "cpu")
@@ -223,7 +247,21 @@ def qlora_run(model_config, work: Path, steps: int, batch_size: int) -> dict[str
                  f"train.max_steps={steps}", f"train.batch_size={batch_size}", "train.logging_steps=1",
                  "train.save_steps=1000", "train.eval_steps=1000"]  # fmt: skip
     stage("data_prep", PROFILE_7B, overrides)
-    config = load_config(REPO / PROFILE_7B, overrides)
+    return overrides, parameters
+
+
+def qlora_run(overrides: list[str], bits: int) -> dict[str, Any]:
+    """One training run of the prepared base and data (`prepare_7b_run`'s overrides) with `quant.bits`
+    `bits`: its memory after loading and at its peak (on a GPU), and tokens/s after the first step."""
+    import torch
+    from transformers import TrainerCallback
+
+    from core.config import load_config
+    from core.runs import RunPaths
+    from fine_tune.resume import training_fingerprint
+    from fine_tune.train import build_trainer
+
+    config = load_config(REPO / PROFILE_7B, [*overrides, f"quant.bits={bits}"])
     paths = RunPaths.of(config)
     on_gpu = torch.cuda.is_available()
 
@@ -248,9 +286,9 @@ def qlora_run(model_config, work: Path, steps: int, batch_size: int) -> dict[str
     trainer.train()
     (first_time, first_tokens), (last_time, last_tokens) = clock.marks[0], clock.marks[-1]
     result = {
-        "parameters": parameters,
+        "bits": bits,
         "steps": trainer.state.global_step,
-        "batch_size": batch_size,
+        "batch_size": config.train.batch_size,
         "max_length": config.train.max_length,
         "tokens": last_tokens,
         "tokens_per_second": round((last_tokens - first_tokens) / (last_time - first_time), 1),
@@ -287,19 +325,33 @@ def tiny_pipeline(work: Path) -> dict[str, Any]:
     }
 
 
-def seven_b_table(result: dict[str, Any]) -> str:
-    """The 7B-shaped run's figures beside the seed's."""
+def seven_b_table(results: dict[str, Any]) -> str:
+    """The 7B-shaped runs' figures, one column per quant.bits, beside the seed's (4-bit)."""
+    runs = {key.removeprefix("bits_"): run for key, run in results.items() if key.startswith("bits_")}
+
+    def cell(run: dict[str, Any], figure: str) -> str:
+        if "out_of_memory" in run:
+            return "out of memory"
+        if figure == "loaded":
+            return f"{run['loaded_gb']:.1f} GB"
+        if figure == "peak":
+            return f"{run['peak_gb']:.1f} GB ({run['peak_reserved_gb']:.1f})"
+        return f"{run['tokens_per_second']:,.0f}"
+
     rows = [
-        ("memory after loading", f"{result['loaded_gb']:.1f} GB", f"{SEED['loaded_gb']} GB"),
-        ("peak memory", f"{result['peak_gb']:.1f} GB (reserved {result['peak_reserved_gb']:.1f})",
-         f"{SEED['peak_gb']} GB"),
-        ("tokens/s (after the first step)", f"{result['tokens_per_second']:,.0f}", "not given"),
-    ]  # fmt: skip
-    lines = [f"      {'':32} {'this GPU':26} the seed (batch {SEED['batch']})"]
-    return "\n".join(lines + [f"      {name:32} {ours:26} {seed}" for name, ours, seed in rows])
+        ("memory after loading", "loaded", f"{SEED['loaded_gb']} GB"),
+        ("peak memory (reserved)", "peak", f"{SEED['peak_gb']} GB"),
+        ("tokens/s (after the first step)", "speed", "not given"),
+    ]
+    header = "".join(f"{'bits ' + bits:22}" for bits in runs)
+    lines = [f"      {'':32} {header}the seed (bits 4, batch {SEED['batch']})"]
+    for name, figure, seed in rows:
+        ours = "".join(f"{cell(run, figure):22}" for run in runs.values())
+        lines.append(f"      {name:32} {ours}{seed}")
+    return "\n".join(lines)
 
 
-def check(steps: int) -> dict[str, Any]:
+def check(steps: int, bits: tuple[int, ...] = BITS) -> dict[str, Any]:
     """Both checks on this GPU, printed as they finish; their results."""
     import torch
     from transformers import LlamaConfig
@@ -310,11 +362,14 @@ def check(steps: int) -> dict[str, Any]:
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                                "cuda": torch.version.cuda}  # fmt: skip
     print(f"gpu-check: {results['device']}, torch {results['torch']}, CUDA {results['cuda']}", flush=True)
-    print(f"[1/2] Llama-2-7B-shaped QLoRA ({PROFILE_7B}: nf4, float16 compute, paged_adamw_32bit, gradient "
-          f"checkpointing, LoRA r 64 on q/v), random weights, Meta's tokenizer, {steps} steps of batch "
-          f"{SEED['batch']}", flush=True)  # fmt: skip
+    print(f"[1/2] Llama-2-7B-shaped LoRA with quant.bits {', '.join(map(str, bits))} ({PROFILE_7B}: bits "
+          f"4 is its QLoRA, nf4; float16 compute, paged_adamw_32bit, gradient checkpointing, LoRA r 64 on "
+          f"q/v), random weights, Meta's tokenizer, {steps} steps of batch {SEED['batch']} each",
+          flush=True)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="gpu-check-7b-") as work:
-        results["llama2_7b_shaped"] = qlora_run(LlamaConfig(**LLAMA2_7B), Path(work), steps, SEED["batch"])
+        results["llama2_7b_shaped"] = qlora_runs(
+            LlamaConfig(**LLAMA2_7B), Path(work), steps, SEED["batch"], bits
+        )
     print(seven_b_table(results["llama2_7b_shaped"]), flush=True)
     torch.cuda.empty_cache()
     print(
@@ -336,8 +391,10 @@ def check(steps: int) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--steps", type=int, default=6, help="training steps of the 7B-shaped run (default 6)"
+        "--steps", type=int, default=6, help="training steps of each 7B-shaped run (default 6)"
     )
+    parser.add_argument("--bits", type=int, nargs="+", choices=BITS, default=list(BITS),
+                        help="the quant.bits of the 7B-shaped runs (default: 4 8 16)")  # fmt: skip
     parser.add_argument("--download-wheels", action="store_true", help=f"download the bundle into {WHEELS}")
     parser.add_argument("--python-version", default="3.12", help="of the GPU machine, for --download-wheels")
     args = parser.parse_args()
@@ -359,7 +416,7 @@ def main() -> int:
     started = time.perf_counter()
     try:
         with_dependencies(sys.argv[1:])
-        results = check(args.steps)
+        results = check(args.steps, tuple(dict.fromkeys(args.bits)))
     except CheckFailed as error:
         print(f"gpu-check: FAILED: {error}")
         return 1

@@ -100,9 +100,13 @@ class DataConfig(Section):
 
 
 class QuantConfig(Section):
-    load_in_4bit: bool = True
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = True
+    bits: Literal[4, 8, 16] = Field(
+        4,
+        description="the base's weights in training: 4 = QLoRA (quant_type, double_quant, quant_storage), "
+        "8 = LoRA on bitsandbytes' LLM.int8, 16 = LoRA on the unquantized base in the compute dtype",
+    )
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="bits 4 only")
+    double_quant: bool = Field(True, description="bits 4 only")
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto: bf16 on GPUs that support it, else fp16; float32 on CPU"
     )
@@ -116,7 +120,23 @@ class LoraConfig(Section):
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     bias: Literal["none", "all", "lora_only"] = "none"
-    target_modules: list[str] = ["q_proj", "v_proj"]
+    target_modules: list[str] | Literal["auto", "all-linear"] = Field(
+        "auto",
+        description="module names; all-linear: every linear layer but the output head; auto: PEFT's choice "
+        "for the architecture (Llama: q_proj, v_proj; GPT-NeoX, Bloom, Falcon: query_key_value), all-linear "
+        "where PEFT has none",
+    )
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _names_or_keyword(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in {"auto", "all-linear"}:
+            raise ValueError(
+                f"{value!r} is not a list of module names ([q_proj, v_proj]), auto or all-linear"
+            )
+        if isinstance(value, list) and not value:
+            raise ValueError("name at least one module, or auto or all-linear")
+        return value
 
 
 class TrainConfig(Section):
@@ -170,6 +190,11 @@ PATTERN_MEANINGS = {
     RUN_NAME: "a folder name of letters, digits, '.', '_' and '-', not '.' or '..'",
     SHARD_SIZE: "a size such as 2GB or 500MB: a whole number, then KB, KiB, MB, MiB, GB or GiB",
 }
+# Fields that were renamed: the one line a profile written for the old name gets.
+RENAMED_FIELDS = {
+    "quant.load_in_4bit": "quant.bits: 4 | 8 | 16 (load_in_4bit true was bits 4, false bits 16)",
+    "inference.load_in_4bit": "inference.quantize: true | false (it quantizes as quant.bits says)",
+}
 
 
 class HubConfig(Section):
@@ -194,7 +219,9 @@ class InferenceConfig(Section):
     repetition_penalty: float = Field(1.0, gt=0)
     seed: int = 0
     batch_size: int = Field(8, ge=1)
-    load_in_4bit: bool = Field(False, description="quantize on load as quant.* says: a big model, small GPU")
+    quantize: bool = Field(
+        False, description="load quantized as quant.bits (4 or 8) and quant.* say: a big model, a small GPU"
+    )
     compare_examples: int = Field(32, ge=1, description="validation examples answered by make compare")
     compare_prompts: Path | None = Field(
         Path("data/compare_prompts.jsonl"),
@@ -257,6 +284,15 @@ class Config(Section):
     hub: HubConfig = HubConfig()
     inference: InferenceConfig = InferenceConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _something_to_quantize_with(self) -> Config:
+        if self.inference.quantize and self.quant.bits == 16:
+            raise ValueError(
+                "inference.quantize loads the model as quant.bits says, and quant.bits is 16: set quant.bits "
+                "to 4 or 8, or inference.quantize to false"
+            )
+        return self
 
 
 def parse_value(raw: str) -> Any:
@@ -322,7 +358,9 @@ def describe_validation_error(error: ValidationError, source: str) -> str:
     problems = []
     for item in error.errors():
         field = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        if item["type"] == "extra_forbidden":
+        if item["type"] == "extra_forbidden" and field in RENAMED_FIELDS:
+            problems.append(f"{field} is now {RENAMED_FIELDS[field]}")
+        elif item["type"] == "extra_forbidden":
             allowed = _allowed_fields(Config, item["loc"])
             problems.append(f"{field}: unknown field (allowed: {', '.join(allowed)})")
         elif item["type"] == "string_pattern_mismatch":
@@ -331,7 +369,7 @@ def describe_validation_error(error: ValidationError, source: str) -> str:
             problems.append(f"{field}: {shortened(str(item['input']))!r} is not {meaning}")
         else:
             message = item["msg"].removeprefix("Value error, ")
-            problems.append(f"{field}: {message}")
+            problems.append(f"{field}: {message}" if item["loc"] else message)
     return f"config error in {source}: " + "; ".join(problems)
 
 

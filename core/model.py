@@ -153,10 +153,18 @@ def chat_format(tokenizer) -> ChatFormat:
 
 
 def quantization_config(config: Config):
-    """The bitsandbytes 4-bit settings of `quant.*` (used by training, and by inference on request)."""
+    """The bitsandbytes settings of `quant.*` (used by training, and by inference on request): NF4 (or FP4)
+    for `quant.bits` 4, LLM.int8 for 8, None for 16 (the base unquantized, in the compute dtype).
+
+    LLM.int8 multiplies in int8 with the outlier features in float16: bitsandbytes casts each layer's input
+    to float16 whatever the compute dtype, and the rest of the model computes in the compute dtype."""
     import torch
     from transformers import BitsAndBytesConfig
 
+    if config.quant.bits == 16:
+        return None
+    if config.quant.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=config.quant.quant_type,
@@ -164,6 +172,20 @@ def quantization_config(config: Config):
         bnb_4bit_compute_dtype=compute_dtype(config),
         bnb_4bit_quant_storage=getattr(torch, config.quant.quant_storage),
     )
+
+
+def lora_targets(config: Config, model_type: str) -> list[str] | str:
+    """What `lora.target_modules` adapts in a base whose config.json says `model_type`: the names given;
+    all-linear, which PEFT reads as every linear layer but the output head; for auto, PEFT's choice for
+    the architecture (Llama: q_proj and v_proj, as the QLoRA seed run; GPT-NeoX, Bloom and Falcon: their
+    fused query_key_value), or all-linear where PEFT has none."""
+    targets = config.lora.target_modules
+    if targets != "auto":
+        return targets
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as BY_ARCHITECTURE
+
+    chosen = BY_ARCHITECTURE.get(model_type)
+    return list(chosen) if chosen else "all-linear"
 
 
 def load_model_config(name_or_path: str, revision: str | None = None):

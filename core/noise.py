@@ -20,6 +20,9 @@ IGNORED_WARNINGS = [
 IGNORED_LOG_LINES = [
     # Checkpoint rotation on filesystems with coarse timestamps: it orders by step number instead.
     ("transformers.trainer_utils", "mtime may not be reliable"),
+    # quant.bits 8: LLM.int8 casts every layer's input to float16, as it is meant to, and says so on every
+    # matrix product in any other compute dtype (float32 on a CPU, bfloat16 on most GPUs).
+    ("bitsandbytes.autograd._functions", "MatMul8bitLt: inputs will be cast"),
 ]
 
 

@@ -43,13 +43,22 @@ def table(rows: dict[str, Any], header: tuple[str, str]) -> str:
 def hyperparameters(config: Config) -> dict[str, Any]:
     quant = config.quant
     lora = config.lora
+    quantization = {
+        4: f"4-bit {quant.quant_type} (QLoRA), double quantization {quant.double_quant}, "
+        f"compute dtype {quant.compute_dtype}",
+        8: f"8-bit LLM.int8 (bitsandbytes), compute dtype {quant.compute_dtype}",
+        16: f"none: LoRA on the unquantized base, compute dtype {quant.compute_dtype}",
+    }
+    targets = {
+        "auto": "auto (PEFT's choice for the architecture)",
+        "all-linear": "all-linear (every linear layer but the output head)",
+    }
     rows: dict[str, Any] = {
-        "quantization": f"4-bit {quant.quant_type}, double quantization {quant.double_quant}, "
-        f"compute dtype {quant.compute_dtype}"
-        if quant.load_in_4bit
-        else "none (LoRA on the unquantized base)",
+        "quantization": quantization[quant.bits],
         "LoRA": f"r {lora.r}, alpha {lora.alpha}, dropout {lora.dropout}, bias {lora.bias}",
-        "LoRA target modules": ", ".join(lora.target_modules),
+        "LoRA target modules": targets[lora.target_modules]
+        if isinstance(lora.target_modules, str)
+        else ", ".join(lora.target_modules),
     }
     rows.update({name: value for name, value in config.train.model_dump().items() if name != "resume"})
     rows["seed"] = config.run.seed

@@ -1,6 +1,8 @@
 """`make train`: QLoRA supervised fine-tuning with TRL's SFTTrainer on the curated dataset.
 
-4-bit NF4 base (bitsandbytes), `prepare_model_for_kbit_training`, LoRA adapters (PEFT), loss on the
+The base as `quant.bits` says: 4-bit NF4 (QLoRA) or 8-bit LLM.int8 (bitsandbytes), each prepared by
+`prepare_model_for_kbit_training`, or unquantized in the compute dtype; LoRA adapters (PEFT) on
+`lora.target_modules` (a list, all-linear, or auto: PEFT's choice for the architecture), loss on the
 completion only, evaluation on the validation split. Checkpoints go to runs/<run>/checkpoints and the
 run resumes from the newest one; the final adapter is written atomically to runs/<run>/adapter.
 """
@@ -27,6 +29,7 @@ from core.model import (
     compute_dtype,
     device_map,
     load_model_config,
+    lora_targets,
     quantization_config,
     resolve_base,
 )
@@ -51,10 +54,11 @@ log = logging.getLogger(__name__)
 
 def check_before_work(config: Config) -> None:
     """Fail, before any data or weights are loaded, on what can be checked: the optimizer's name, the base
-    model's config, and that every LoRA target is a linear layer of the base (built on the meta device,
-    which allocates nothing)."""
+    model's config, and that every LoRA target named (or auto's choice) is a linear layer of the base (built
+    on the meta device, which allocates nothing); all-linear finds them itself."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
     from transformers.training_args import OptimizerNames
 
     optimizers = [name.value for name in OptimizerNames]
@@ -65,24 +69,29 @@ def check_before_work(config: Config) -> None:
             + (f" (did you mean {', '.join(close)}?)" if close else f" (one of {', '.join(optimizers)})")
         )
     model_config = load_model_config(resolve_base(config), config.model.revision)
+    targets = lora_targets(config, model_config.model_type)
+    if targets == "all-linear":
+        return
     with init_empty_weights():
         skeleton = AutoModelForCausalLM.from_config(model_config)
     linear = sorted(
         {
             name.rpartition(".")[2]
             for name, module in skeleton.named_modules()
-            if isinstance(module, torch.nn.Linear)
+            if isinstance(module, (torch.nn.Linear, Conv1D))  # Conv1D: GPT-2's linear layers
         }
     )
-    unknown = [name for name in config.lora.target_modules if name not in linear]
+    unknown = [name for name in targets if name not in linear]
     if unknown:
         raise UserError(
             f"lora.target_modules: {', '.join(unknown)} not in the base model "
-            f"(its linear layers: {', '.join(linear)})"
+            f"(its linear layers: {', '.join(linear)}; or all-linear)"
         )
 
 
 def load_quantized_model(config: Config, base: str):
+    """The base as `quant.bits` says (4-bit, 8-bit, or unquantized in the compute dtype) with fresh LoRA
+    adapters on `lora.target_modules`."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 
@@ -90,12 +99,12 @@ def load_quantized_model(config: Config, base: str):
     model = AutoModelForCausalLM.from_pretrained(
         base,
         revision=config.model.revision,
-        quantization_config=quantization_config(config) if config.quant.load_in_4bit else None,
+        quantization_config=quantization_config(config),
         dtype=dtype,
         device_map=device_map(),
     )
     model.config.use_cache = False  # the cache is useless in training and breaks packed-sequence isolation
-    if config.quant.load_in_4bit:
+    if config.quant.bits in (4, 8):
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=config.train.gradient_checkpointing
         )
@@ -104,7 +113,7 @@ def load_quantized_model(config: Config, base: str):
         lora_alpha=config.lora.alpha,
         lora_dropout=config.lora.dropout,
         bias=config.lora.bias,
-        target_modules=config.lora.target_modules,
+        target_modules=lora_targets(config, model.config.model_type),
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)

@@ -252,16 +252,17 @@ def check_prompts_fit(config: Config, source: ModelSource, prompts: Sequence[tup
 def load_model(source: ModelSource, config: Config):
     """The model in eval mode and its tokenizer, set for batched generation (left padding, a pad != EOS).
 
-    With `inference.load_in_4bit` the weights are quantized on load as `quant.*` says (NF4 by default),
-    so that a 7B model answers on a small GPU; bitsandbytes also runs it on a CPU, slowly. An adapter's
-    base is loaded first, on its own, so that a damaged base and a damaged adapter are told apart.
+    With `inference.quantize` the weights are quantized on load as `quant.bits` and `quant.*` say (4-bit
+    NF4 by default, or 8-bit LLM.int8), so that a 7B model answers on a small GPU; bitsandbytes also runs
+    both on a CPU, slowly. An adapter's base is loaded first, on its own, so that a damaged base and a
+    damaged adapter are told apart.
     """
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_model_tokenizer(config, source)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     options: dict[str, Any] = {"dtype": model_dtype(), "device_map": {"": device}}
-    if config.inference.load_in_4bit:
+    if config.inference.quantize:  # the config refuses it with quant.bits 16
         options["quantization_config"] = quantization_config(config)
     if source.is_adapter:
         from peft import PeftModel

@@ -80,7 +80,7 @@ def test_embedded_sizes_must_suit_the_cpu_4bit_kernel():
 def test_llama2_7b_profile_reproduces_the_seed_run():
     config = load_config(CONFIGS / "llama2-7b-python.yaml")
     assert config.model.name_or_path == "meta-llama/Llama-2-7b-hf"
-    assert config.quant.load_in_4bit is True
+    assert config.quant.bits == 4
     assert config.quant.quant_type == "nf4"
     assert config.quant.compute_dtype == "float16"
     assert config.quant.double_quant is False

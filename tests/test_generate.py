@@ -113,7 +113,7 @@ def test_sampling_is_reproducible_with_the_seed(base, settings):
 def test_four_bit_loading_quantizes_and_still_answers(smoke_base_dir, tmp_path, settings):
     from bitsandbytes.nn import Linear4bit
 
-    config = smoke_config(tmp_path, "inference.load_in_4bit=true")
+    config = smoke_config(tmp_path, "inference.quantize=true")
     model, tokenizer = load_model(ModelSource("base", str(smoke_base_dir), is_adapter=False), config)
     assert isinstance(model.model.layers[0].self_attn.q_proj, Linear4bit)
     (answer,) = generate(model, tokenizer, prompts()[:1], settings)

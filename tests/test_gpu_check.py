@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.gpu_check import install_wheels, qlora_run, wheels_to_install, write_random_checkpoint
+from benchmarks.gpu_check import (
+    install_wheels,
+    qlora_runs,
+    seven_b_table,
+    wheels_to_install,
+    write_random_checkpoint,
+)
 from benchmarks.gpu_memory import LLAMA2_7B
 from tests.conftest import LLAMA2_SMALL, REPO
 
@@ -87,10 +93,16 @@ def test_the_bundle_installs_what_this_python_lacks_or_has_older_into_its_own_fo
 
 def test_the_7b_profile_trains_a_small_llama2_shape_on_a_cpu(tmp_path):
     """The GPU check's first part, shrunk: the llama2-7b-python profile (4-bit NF4, float16 compute, the
-    paged optimizer, gradient checkpointing) through the training stage's trainer, on a CPU."""
+    paged optimizer, gradient checkpointing) through the training stage's trainer, on a CPU, then with
+    quant.bits 8 and 16 on the same base and data."""
     from transformers import LlamaConfig
 
-    result = qlora_run(LlamaConfig(**{**LLAMA2_7B, **LLAMA2_SMALL}), tmp_path, steps=2, batch_size=2)
-    assert (result["steps"], result["batch_size"], result["max_length"]) == (2, 2, 512)
-    assert result["tokens"] > 2 * 2 * 100 and result["tokens_per_second"] > 0
-    assert "peak_gb" not in result  # memory figures are a GPU's
+    results = qlora_runs(LlamaConfig(**{**LLAMA2_7B, **LLAMA2_SMALL}), tmp_path, steps=2, batch_size=2)
+    assert results["parameters"] > 4_000_000 and list(results)[1:] == ["bits_4", "bits_8", "bits_16"]
+    for bits in (4, 8, 16):
+        result = results[f"bits_{bits}"]
+        assert result["bits"] == bits
+        assert (result["steps"], result["batch_size"], result["max_length"]) == (2, 2, 512)
+        assert result["tokens"] > 2 * 2 * 100 and result["tokens_per_second"] > 0
+        assert "peak_gb" not in result  # memory figures are a GPU's
+    assert "bits 4" in seven_b_table({"bits_4": {"out_of_memory": "CUDA out of memory"}})

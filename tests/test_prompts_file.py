@@ -28,9 +28,10 @@ def test_jsonl_reads_prompt_system_and_reference():
 
 
 def test_rendering_uses_the_configured_system_prompt_unless_the_line_sets_one():
-    assert PromptRequest("a?").rendered(Llama2Format(), "Be brief.") == render_prompt("a?", "Be brief.")
-    assert PromptRequest("a?", system="").rendered(Llama2Format(), "Be brief.") == "[INST] a? [/INST]"
-    assert PromptRequest("a?", system="Own.").rendered(Llama2Format(), "Be brief.") == render_prompt("a?", "Own.")
+    llama2 = Llama2Format()
+    assert PromptRequest("a?").rendered(llama2, "Be brief.") == render_prompt("a?", "Be brief.")
+    assert PromptRequest("a?", system="").rendered(llama2, "Be brief.") == "[INST] a? [/INST]"
+    assert PromptRequest("a?", system="Own.").rendered(llama2, "Be brief.") == render_prompt("a?", "Own.")
 
 
 @pytest.mark.parametrize(
