@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -17,6 +18,8 @@ from core.prompts import LLAMA2_CHAT_TEMPLATE, ChatFormat, Llama2Format, templat
 
 if TYPE_CHECKING:  # torch is imported where it is used: curation resolves the base without it
     import torch
+
+log = logging.getLogger(__name__)
 
 # Part of the embedded base's cache key: bump it whenever fine_tune/base.py's recipe changes what a spec
 # builds.
@@ -95,6 +98,7 @@ def load_tokenizer(
     """
     from transformers import AutoTokenizer
 
+    require_reachable(path)
     tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     if getattr(tokenizer, "legacy", None) is False:
         # transformers' Llama tokenizer with `legacy: false`, as Meta publishes Llama-2's config, drops the
@@ -188,19 +192,27 @@ def lora_targets(config: Config, model_type: str) -> list[str] | str:
     return list(chosen) if chosen else "all-linear"
 
 
-def load_model_config(name_or_path: str, revision: str | None = None):
-    """A model's config.json (the base's, or a merged model's), or one line saying why it cannot be had."""
-    from transformers import AutoConfig
-
+def require_reachable(name_or_path: str) -> None:
+    """One line when a model is neither a local folder nor something the Hub may be asked for (offline)."""
     from core.hub import offline_variable
 
-    local = Path(name_or_path)
-    offline = None if local.exists() else offline_variable()
+    if Path(name_or_path).exists():
+        return
+    offline = offline_variable()
     if offline:
         raise UserError(
             f"{name_or_path} is not a local folder and {offline} is set, so the Hub cannot be asked for "
             f"it: unset {offline}, or give a local model folder"
         )
+    log.info("asking the Hub for %s (when it cannot be reached, retries take about a minute)", name_or_path)
+
+
+def load_model_config(name_or_path: str, revision: str | None = None):
+    """A model's config.json (the base's, or a merged model's), or one line saying why it cannot be had."""
+    from transformers import AutoConfig
+
+    local = Path(name_or_path)
+    require_reachable(name_or_path)
     try:
         return AutoConfig.from_pretrained(name_or_path, revision=revision)
     except (OSError, ValueError) as error:
