@@ -20,7 +20,7 @@ from typing import Any
 from core.cli import run_stage, stage_parser
 from core.config import Config
 from core.errors import UserError
-from core.model import load_model_config, load_tokenizer
+from core.model import chat_format, load_model_config, load_tokenizer
 from core.runs import RunPaths, atomic_dir, require, run_folder_lock, write_json_atomic
 from export.check import check_export
 from export.gguf import QUANTIZED, SIXTEEN_BIT, convert, file_name, quantize, require_tools
@@ -35,11 +35,6 @@ def gguf_folder(paths: RunPaths) -> Path:
 
 def main(config: Config, args: argparse.Namespace) -> None:
     paths = RunPaths.of(config)
-    if config.data.prompt_format != "llama2":
-        raise UserError(
-            "make export writes Ollama's template for data.prompt_format llama2 only; this run uses the "
-            "base's chat template: serve the merged model (runs/<run>/merged), which carries it"
-        )
     merged = require(paths.merged / "config.json", "merged model", "make merge").parent
     require(paths.dataset / "data", "curated dataset", "make data")
     require_tools()
@@ -89,7 +84,7 @@ def export(config: Config, paths: RunPaths, merged: Path) -> None:
         for kind in QUANTIZED:
             quantize(files[sixteen], files[kind], kind)
         text = modelfile(
-            files["Q4_K_M"].name, config.data.system_prompt, tokenizer.bos_token, tokenizer.eos_token,
+            files["Q4_K_M"].name, config.data.system_prompt, chat_format(tokenizer),
             merged_config.max_position_embeddings, config.inference,
             [files[kind].name for kind in kinds if kind != "Q4_K_M"],
         )  # fmt: skip

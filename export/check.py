@@ -3,8 +3,8 @@
 - tokenizer: the GGUF's tokenizer gives our ids (BOS added, special tokens parsed) on every validation
   prompt and prompt + answer, and on a chat with closed turns; same BOS and EOS ids.
 - chat template: the template embedded in the GGUF, rendered as llama-cpp-python renders it, gives
-  exactly core/prompts.py's prompt (with the BOS text in front) for chats with and without a system
-  prompt and with history; its stop is our EOS.
+  exactly the prompt of the run's chat format (core/prompts.py; with the BOS text in front) for chats
+  with and without a system prompt and with history; its stop is our EOS.
 - 16-bit: on the compare prompts (the first `inference.compare_examples` validation rows), llama.cpp's
   greedy answers equal transformers' greedy answers from the merged model, or else its logits, teacher-
   forced on transformers' answers, are within TOLERANCE of transformers' logits.
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from core.config import Config
-from core.model import device_map, model_dtype
-from core.prompts import render_prompt
+from core.model import chat_format, device_map, model_dtype
+from core.prompts import ChatFormat
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class GgufModel:
 
 def check_tokenizer(tokenizer, gguf: GgufModel, rows: list[dict], system: str | None) -> dict[str, Any]:
     """Our ids and the GGUF's on every validation prompt and prompt + answer, and on a chat."""
-    chat = render_prompt(CHAT_QUESTIONS[1], system, [(CHAT_QUESTIONS[0], CHAT_ANSWER)])
+    chat = chat_format(tokenizer).prompt(CHAT_QUESTIONS[1], system, [(CHAT_QUESTIONS[0], CHAT_ANSWER)])
     texts = [text for row in rows for text in (row["prompt"], row["prompt"] + row["completion"])] + [chat]
     differences = []
     for text in texts:
@@ -148,8 +148,8 @@ def check_tokenizer(tokenizer, gguf: GgufModel, rows: list[dict], system: str | 
     }
 
 
-def check_chat_template(gguf: GgufModel, system: str | None) -> dict[str, Any]:
-    """The GGUF's embedded chat template, rendered as llama-cpp-python renders it, against core/prompts.py."""
+def check_chat_template(gguf: GgufModel, chat: ChatFormat, system: str | None) -> dict[str, Any]:
+    """The GGUF's embedded chat template, rendered as llama-cpp-python renders it, against our format."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     template = gguf.llm.metadata.get("tokenizer.chat_template")
@@ -166,7 +166,7 @@ def check_chat_template(gguf: GgufModel, system: str | None) -> dict[str, Any]:
                 messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
             messages.append({"role": "user", "content": CHAT_QUESTIONS[-1]})
             rendered = formatter(messages=messages)
-            expected = bos + render_prompt(CHAT_QUESTIONS[-1], system_prompt, turns)
+            expected = bos + chat.prompt(CHAT_QUESTIONS[-1], system_prompt, turns)
             stops.update(rendered.stop if isinstance(rendered.stop, list) else [rendered.stop])
             if rendered.prompt != expected:
                 differences.append({"expected": expected, "rendered": rendered.prompt})
@@ -263,7 +263,9 @@ def check_export(
     with closing(GgufModel(files[sixteen], context, threads)) as reference_file:
         report: dict[str, Any] = {
             "tokenizer": check_tokenizer(tokenizer, reference_file, rows, config.data.system_prompt),
-            "chat_template": check_chat_template(reference_file, config.data.system_prompt),
+            "chat_template": check_chat_template(
+                reference_file, chat_format(tokenizer), config.data.system_prompt
+            ),
             "sixteen_bit": {
                 "file": files[sixteen].name,
                 **check_sixteen_bit(model, reference_file, examples, limits, eos, TOLERANCE[sixteen]),

@@ -13,11 +13,55 @@ from __future__ import annotations
 
 from core.config import InferenceConfig
 from core.errors import UserError
-from core.prompts import B_INST, B_SYS, E_INST, E_SYS
+from core.prompts import B_INST, B_SYS, E_INST, E_SYS, ChatFormat, Llama2Format, TemplateFormat
 
 
-def ollama_template(bos: str, eos: str) -> str:
-    """Meta's Llama-2 chat format as an Ollama (Go text/template) TEMPLATE."""
+def ollama_template(chat: ChatFormat) -> str:
+    """The run's chat format as an Ollama (Go text/template) TEMPLATE."""
+    if isinstance(chat, Llama2Format):
+        return llama2_template(chat.bos_token, chat.eos_token)
+    system, user, assistant, generation = template_pieces(chat)
+    return (
+        f"{{{{ if .System }}}}{system[0]}{{{{ .System }}}}{system[1]}{{{{ end }}}}"
+        f'{{{{ range .Messages }}}}{{{{ if eq .Role "user" }}}}{user[0]}{{{{ .Content }}}}{user[1]}'
+        f'{{{{ else if eq .Role "assistant" }}}}{assistant[0]}{{{{ .Content }}}}{assistant[1]}{{{{ end }}}}'
+        f"{{{{ end }}}}{generation}"
+    )
+
+
+def template_pieces(chat: TemplateFormat) -> tuple[tuple[str, str], tuple[str, str], tuple[str, str], str]:
+    """What a chat template writes around a system, a user and an assistant message, and its generation
+    prompt, found by rendering marked messages. A template that does not wrap each message on its own
+    (the text of a whole conversation is not those pieces in turn) cannot be an Ollama template."""
+    marks = {"system": "SYSTEM-5c1e", "user": "USER-5c1e", "assistant": "ASSISTANT-5c1e", "next": "NEXT-5c1e"}
+
+    def rendered(roles: list[str], generation: bool) -> str:
+        messages = [{"role": "user" if role == "next" else role, "content": marks[role]} for role in roles]
+        return chat.render(messages, generation).removeprefix(chat.bos_written)
+
+    one_turn = rendered(["user"], False)
+    user = tuple(one_turn.split(marks["user"]))
+    generation = rendered(["user"], True).removeprefix(one_turn)
+    system_before, _, rest = rendered(["system", "user"], False).partition(marks["system"])
+    system = (system_before, rest.removesuffix(one_turn))
+    answered = rendered(["user", "assistant"], False).removeprefix(one_turn)
+    assistant = tuple(answered.split(marks["assistant"]))
+    pieces = (system, user, assistant, generation)
+    whole = rendered(["system", "user", "assistant", "next"], True)
+    rebuilt = (
+        system[0] + marks["system"] + system[1] + user[0] + marks["user"] + user[1]
+        + assistant[0] + marks["assistant"] + assistant[1] + user[0] + marks["next"] + user[1] + generation
+    )  # fmt: skip
+    if len(user) != 2 or len(assistant) != 2 or whole != rebuilt or "{{" in "".join(map(str, pieces)):
+        raise UserError(
+            "make export cannot write this chat template as an Ollama template (it does not wrap each "
+            "message on its own): the GGUF files carry the template itself, for llama.cpp"
+        )
+    return pieces
+
+
+def llama2_template(bos: str, eos: str) -> str:
+    """Meta's Llama-2 chat format as an Ollama TEMPLATE."""
     user = (
         f"{{{{ if not $first }}}}{bos}{{{{ end }}}}{B_INST} "
         f"{{{{ if and $first $.System }}}}{B_SYS}{{{{ $.System }}}}{E_SYS}{{{{ end }}}}"
@@ -40,8 +84,7 @@ def quoted(text: str, what: str) -> str:
 def modelfile(
     gguf_name: str,
     system: str | None,
-    bos: str,
-    eos: str,
+    chat: ChatFormat,
     context: int,
     decoding: InferenceConfig,
     others: list[str],
@@ -52,13 +95,15 @@ def modelfile(
         "# Ollama: `ollama create NAME -f Modelfile`, then `ollama run NAME`.",
         *(f"# Or FROM ./{name}" for name in others),
         f"FROM ./{gguf_name}",
-        f"TEMPLATE {quoted(ollama_template(bos, eos), 'the template')}",
+        f"TEMPLATE {quoted(ollama_template(chat), 'the template')}",
     ]
     if system and system.strip():
         lines.append(f"SYSTEM {quoted(system, 'data.system_prompt')}")
-    # EOS ends every trained answer (Ollama also stops at the EOS token itself); `[INST]` is where a
-    # model that missed it would start the user's next turn.
-    lines += [f'PARAMETER stop "{eos}"', f'PARAMETER stop "{B_INST}"', f"PARAMETER num_ctx {context}"]
+    # The end of an answer ends every trained answer (Ollama also stops at the EOS token itself); the opening
+    # of a user turn (`[INST]`) is where a model that missed it would start the user's next turn.
+    next_turn = B_INST if isinstance(chat, Llama2Format) else template_pieces(chat)[1][0].strip()
+    stops = [chat.end_of_answer, *([next_turn] if next_turn else [])]
+    lines += [*(f'PARAMETER stop "{stop}"' for stop in stops), f"PARAMETER num_ctx {context}"]
     lines.append(f"PARAMETER num_predict {decoding.max_new_tokens}")
     lines.append(f"PARAMETER repeat_penalty {decoding.repetition_penalty}")
     if decoding.do_sample:

@@ -44,7 +44,14 @@ def card(config: Config, repo_id: str, files: list[Path], check: dict[str, Any])
     ggufs = [path for path in files if path.suffix == ".gguf"]
     four_bit = next(path.name for path in ggufs if "Q4_K_M" in path.name)
     rows = "\n".join(f"| `{path.name}` | {path.stat().st_size / 2**20:.1f} MB |" for path in ggufs)
-    prompt = render_prompt("{question}", config.data.system_prompt)
+    if config.data.prompt_format == "llama2":
+        prompt = render_prompt("{question}", config.data.system_prompt)
+        prompt_format = [
+            "Llama-2 chat, embedded in each file as its chat template; llama.cpp adds the BOS token `<s>`:\n",
+            f"```text\n{prompt}\n```\n",
+        ]
+    else:
+        prompt_format = ["The base model's own chat template, embedded in each file and in the Modelfile.\n"]
     lines = [
         "---",
         "tags: [gguf, llama.cpp, ollama, llama-2]",
@@ -58,8 +65,7 @@ def card(config: Config, repo_id: str, files: list[Path], check: dict[str, Any])
         + rows
         + "\n| `Modelfile` | Ollama: template, system prompt, stops |\n",
         "## Prompt format\n",
-        "Llama-2 chat, embedded in each file as its chat template; llama.cpp adds the BOS token `<s>`:\n",
-        f"```text\n{prompt}\n```\n",
+        *prompt_format,
         "## Checked against the merged model\n",
         f"```json\n{json.dumps(check, indent=2, ensure_ascii=False)}\n```\n",
         "## Run it with llama.cpp\n",

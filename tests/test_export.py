@@ -4,6 +4,7 @@ which `make test` installs with requirements-export.txt), on the smoke run; the 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -14,7 +15,7 @@ import pytest
 
 from core.config import InferenceConfig
 from core.errors import UserError
-from core.prompts import render_prompt
+from core.prompts import Llama2Format
 from export.check import answer_nll, common_prefix, first_difference, perplexity
 from export.gguf import converter_failure
 from export.modelfile import modelfile, ollama_template
@@ -22,6 +23,7 @@ from tests.conftest import LLAMA2_TOKENIZER, run_stage
 from tests.test_e2e import assert_one_error
 
 SYSTEM = "You are a careful Python tutor."
+LLAMA2 = Llama2Format()
 TOKENIZER_TRACEBACK = """INFO:hf-to-gguf:Set model tokenizer
 Traceback (most recent call last):
   File "convert_hf_to_gguf.py", line 290, in main
@@ -62,19 +64,19 @@ def test_a_tokenizer_the_converter_cannot_read_is_named_in_one_line():
 
 
 def test_modelfile_gives_the_system_prompt_stops_and_decoding():
-    text = modelfile("r-Q4_K_M.gguf", SYSTEM, "<s>", "</s>", 1024, InferenceConfig(), ["r-Q8_0.gguf"])
+    text = modelfile("r-Q4_K_M.gguf", SYSTEM, LLAMA2, 1024, InferenceConfig(), ["r-Q8_0.gguf"])
     lines = text.splitlines()
     assert "FROM ./r-Q4_K_M.gguf" in lines and "# Or FROM ./r-Q8_0.gguf" in lines
     assert f'SYSTEM """{SYSTEM}"""' in lines
     assert {'PARAMETER stop "</s>"', 'PARAMETER stop "[INST]"', "PARAMETER num_ctx 1024"} <= set(lines)
     assert "PARAMETER temperature 0" in lines  # greedy, as make infer's default
-    assert f'TEMPLATE """{ollama_template("<s>", "</s>")}"""' in text
+    assert f'TEMPLATE """{ollama_template(LLAMA2)}"""' in text
     sampled = InferenceConfig(do_sample=True, temperature=0.5, top_p=0.8, seed=3)
-    blank = modelfile("r.gguf", "  ", "<s>", "</s>", 64, sampled, []).splitlines()
+    blank = modelfile("r.gguf", "  ", LLAMA2, 64, sampled, []).splitlines()
     assert not [line for line in blank if line.startswith("SYSTEM")]
     assert {"PARAMETER temperature 0.5", "PARAMETER top_p 0.8", "PARAMETER seed 3"} <= set(blank)
     with pytest.raises(UserError, match='data.system_prompt holds """'):
-        modelfile("r.gguf", 'say """hi"""', "<s>", "</s>", 64, sampled, [])
+        modelfile("r.gguf", 'say """hi"""', LLAMA2, 64, sampled, [])
 
 
 # ---- through llama.cpp ----------------------------------------------------------------------------------
@@ -137,7 +139,7 @@ def test_llama_cpp_chats_with_the_4_bit_file_in_the_trained_format(exported):
     llm = Llama(model_path=str(run / "gguf" / "smoke-Q4_K_M.gguf"), n_ctx=512, verbose=False)
     question = "How do I reverse a list in Python?"
     answer = llm.create_chat_completion([{"role": "user", "content": question}], max_tokens=4, temperature=0)
-    expected = llm.tokenize(("<s>" + render_prompt(question)).encode(), add_bos=False, special=True)
+    expected = llm.tokenize(("<s>" + LLAMA2.prompt(question)).encode(), add_bos=False, special=True)
     assert answer["usage"]["prompt_tokens"] == len(expected)
     llm.close()
 
@@ -236,17 +238,17 @@ import (
 )
 
 type Message struct{ Role, Content string }
-type Case struct{ Messages []Message }
+type Case struct {
+	Template string
+	Messages []Message
+}
 
 func main() {
-	var input struct {
-		Template string
-		Cases    []Case
-	}
-	json.NewDecoder(os.Stdin).Decode(&input)
-	tmpl := template.Must(template.New("").Option("missingkey=zero").Parse(input.Template))
+	var cases []Case
+	json.NewDecoder(os.Stdin).Decode(&cases)
 	var out []string
-	for _, c := range input.Cases {
+	for _, c := range cases {
+		tmpl := template.Must(template.New("").Option("missingkey=zero").Parse(c.Template))
 		var system []string
 		for _, m := range c.Messages {
 			if m.Role == "system" {
@@ -267,23 +269,27 @@ func main() {
 
 
 def test_the_modelfile_template_renders_our_prompts_in_go_as_ollama_does(tmp_path):
-    """The TEMPLATE executed by Go's text/template (`go`, Debian's golang-go, where installed)."""
+    """The TEMPLATE executed by Go's text/template (`go`, Debian's golang-go, where installed), for Meta's
+    Llama-2 format and for Llama-3's chat template read as the run's format."""
     import subprocess
+
+    from tests.test_prompts import llama3_format
 
     go = shutil.which("go")
     if go is None:
         pytest.skip("Go is not installed (apt-get install golang-go)")
     history = [("How do I reverse a list?", "Use `items[::-1]`."), ("And a tuple?", "The same: `t[::-1]`.")]
     cases, expected = [], []
-    for system in (SYSTEM, None):
+    for chat, system in itertools.product((LLAMA2, llama3_format()), (SYSTEM, None)):
         for turns in ([], history[:1], history):
             messages = [{"Role": "system", "Content": system}] if system else []
             for question, answer in turns:
                 messages += [{"Role": "user", "Content": question}, {"Role": "assistant", "Content": answer}]
-            cases.append({"Messages": [*messages, {"Role": "user", "Content": "And a string?"}]})
-            expected.append(render_prompt("And a string?", system, turns))
+            final = {"Role": "user", "Content": "And a string?"}
+            cases.append({"Template": ollama_template(chat), "Messages": [*messages, final]})
+            expected.append(chat.prompt("And a string?", system, turns))
     (tmp_path / "main.go").write_text(OLLAMA_RENDER)
-    request = json.dumps({"Template": ollama_template("<s>", "</s>"), "Cases": cases})
+    request = json.dumps(cases)
     env = {"HOME": str(tmp_path), "GOCACHE": str(tmp_path / "cache"), "GOPATH": str(tmp_path / "go"),
            "GO111MODULE": "off", "PATH": "/usr/bin:/bin"}  # fmt: skip
     result = subprocess.run(

@@ -145,3 +145,19 @@ def test_the_merged_model_stops_on_eot_and_infer_sends_what_training_saw(run, ll
         "inference", run.parent.parent, llama3_base_dir, "--prompt", "How do I sort a dict?"
     )
     assert answered.stdout.strip() and "<|start_header_id|>" not in answered.stdout
+
+
+def test_the_run_exports_to_gguf_with_its_template_and_llama_cpp_agrees(run, llama3_base_dir):
+    """llama.cpp reads Meta's Llama-3 tokenizer as its llama-bpe vocabulary: the same ids, the same
+    template (its stop `<|eot_id|>`), and an Ollama Modelfile in Llama-3's format."""
+    pytest.importorskip("llama_cpp", reason="make test installs requirements-export.txt")
+    llama3_stage("export", run.parent.parent, llama3_base_dir)
+    report = json.loads((run / "reports" / "export_check.json").read_text())
+    assert report["passed"] and report["tokenizer"]["identical"] == report["tokenizer"]["texts"]
+    assert report["tokenizer"]["special_token_ids"] == {"bos": [BOS, BOS], "eos": [EOT, EOT]}
+    assert report["chat_template"]["identical"] == 4 and report["chat_template"]["stop"] == ["<|eot_id|>"]
+    modelfile = (run / "gguf" / "Modelfile").read_text()
+    assert (
+        "<|start_header_id|>assistant<|end_header_id|>" in modelfile
+        and 'PARAMETER stop "<|eot_id|>"' in modelfile
+    )
