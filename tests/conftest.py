@@ -164,8 +164,8 @@ def llama2_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def llama2_stage(module: str, tmp: Path, base: Path, *extra: str, **options) -> subprocess.CompletedProcess:
-    """A stage of the Llama-2-shaped run, as a user runs it with the base's folder."""
+def base_stage(module: str, tmp: Path, base: Path, *extra: str, **options) -> subprocess.CompletedProcess:
+    """A stage of a run on a local base folder (the Llama-2-shaped one, or another), as a user runs it."""
     return run_stage(module, tmp, "--set", f"model.name_or_path={base}", *LLAMA2_RUN, *extra, **options)
 
 
@@ -173,7 +173,7 @@ def llama2_stage(module: str, tmp: Path, base: Path, *extra: str, **options) -> 
 def llama2_curated(tmp_path_factory: pytest.TempPathFactory, llama2_base_dir: Path) -> Path:
     """A folder whose runs/smoke holds the smoke data curated for the Llama-2-shaped base."""
     tmp = tmp_path_factory.mktemp("llama2-run")
-    llama2_stage("data_prep", tmp, llama2_base_dir)
+    base_stage("data_prep", tmp, llama2_base_dir)
     return tmp
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from core.prompts import render_prompt
-from tests.conftest import LLAMA2_RUN, curated_rows, llama2_stage, sft_examples, smoke_config
+from tests.conftest import LLAMA2_RUN, base_stage, curated_rows, sft_examples, smoke_config
 from tests.hub_server import Blob, HubServer, Repo
 from tests.test_hub import TOKEN, against, assert_local_outputs, download
 
@@ -32,7 +32,7 @@ ADAPTER, MERGED, DATASET = "user/llama2-smoke", "user/llama2-smoke-merged", "use
 def run(llama2_curated: Path, llama2_base_dir: Path) -> Path:
     """The curated Llama-2-shaped run, trained and merged: its run folder."""
     for module in ("fine_tune.train", "fine_tune.merge"):
-        llama2_stage(module, llama2_curated, llama2_base_dir)
+        base_stage(module, llama2_curated, llama2_base_dir)
     return llama2_curated / "runs" / "smoke"
 
 
@@ -111,10 +111,10 @@ def test_infer_chat_and_compare_send_what_training_saw(run, llama2_base_dir, tmp
 def test_infer_and_compare_run_as_a_user_runs_them(run, llama2_base_dir):
     tmp = run.parent.parent
     question = ("--model", "new_model", "--prompt", "How do I reverse a list in Python?")
-    answered = llama2_stage("inference", tmp, llama2_base_dir, *question)
+    answered = base_stage("inference", tmp, llama2_base_dir, *question)
     assert answered.stdout.strip() and "[INST]" not in answered.stdout
     # make eval's HumanEval run, which compare also does, runs in test_e2e.py; here it would only add time
-    llama2_stage("inference.compare", tmp, llama2_base_dir, "--set", "eval.with_compare=false")
+    base_stage("inference.compare", tmp, llama2_base_dir, "--set", "eval.with_compare=false")
     summary = json.loads((run / "reports" / "compare.json").read_text())["summary"]
     assert summary["fine-tuned"]["validation_loss"] < summary["base"]["validation_loss"]
 

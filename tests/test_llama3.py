@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LLAMA2_RUN, LLAMA3_TOKENIZER, curated_rows, run_stage, sft_examples
+from tests.conftest import LLAMA3_TOKENIZER, base_stage, curated_rows, sft_examples
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +47,7 @@ def llama3_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def llama3_stage(module: str, tmp: Path, base: Path, *extra: str):
-    return run_stage(module, tmp, "--set", f"model.name_or_path={base}", *CHAT_TEMPLATE, *LLAMA2_RUN, *extra)
+    return base_stage(module, tmp, base, *CHAT_TEMPLATE, *extra)
 
 
 @pytest.fixture(scope="module")

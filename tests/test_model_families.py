@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from core.errors import UserError
-from tests.conftest import LLAMA2_RUN, LLAMA2_TOKENIZER, fresh_run, run_stage, smoke_config
+from tests.conftest import LLAMA2_TOKENIZER, base_stage, fresh_run, smoke_config
 
 # A GPT-NeoX shrunk to a model the tests train in seconds: every quantized layer's output size a multiple
 # of 32 (bitsandbytes' CPU 4-bit kernel), the Llama-2 tokenizer's vocabulary and special ids.
@@ -44,14 +44,10 @@ def neox_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def neox_stage(module: str, tmp: Path, base: Path, *extra: str, **options):
-    return run_stage(module, tmp, "--set", f"model.name_or_path={base}", *LLAMA2_RUN, *extra, **options)
-
-
 @pytest.fixture(scope="module")
 def neox_curated(tmp_path_factory: pytest.TempPathFactory, neox_base_dir: Path) -> Path:
     tmp = tmp_path_factory.mktemp("neox-run")
-    neox_stage("data_prep", tmp, neox_base_dir)
+    base_stage("data_prep", tmp, neox_base_dir)
     return tmp
 
 
@@ -59,7 +55,7 @@ def neox_curated(tmp_path_factory: pytest.TempPathFactory, neox_base_dir: Path) 
 def neox_run(neox_curated: Path, neox_base_dir: Path) -> Path:
     """The curated GPT-NeoX run trained on all linear layers of its 4-bit base and merged in bfloat16."""
     for module in ("fine_tune.train", "fine_tune.merge"):
-        neox_stage(module, neox_curated, neox_base_dir, *ALL_LINEAR)
+        base_stage(module, neox_curated, neox_base_dir, *ALL_LINEAR)
     return neox_curated / "runs" / "smoke"
 
 
@@ -114,7 +110,7 @@ def test_the_16_bit_merge_gives_the_adapter_models_logits(neox_run, neox_base_di
 
 def test_infer_answers_with_the_merged_gpt_neox(neox_run, neox_base_dir):
     question = ("--model", "new_model", "--prompt", "How do I reverse a list in Python?")
-    answered = neox_stage("inference", neox_run.parent.parent, neox_base_dir, *question, *ALL_LINEAR)
+    answered = base_stage("inference", neox_run.parent.parent, neox_base_dir, *question, *ALL_LINEAR)
     assert answered.stdout.strip() and "[INST]" not in answered.stdout
 
 
@@ -125,7 +121,7 @@ def test_the_gpt_neox_trains_with_quant_bits(neox_curated, neox_base_dir, bits):
     from safetensors.torch import load_file
 
     run = fresh_run(neox_curated, f"bits-{bits}")
-    trained = neox_stage("fine_tune.train", run, neox_base_dir, *ALL_LINEAR, "--set", f"quant.bits={bits}")
+    trained = base_stage("fine_tune.train", run, neox_base_dir, *ALL_LINEAR, "--set", f"quant.bits={bits}")
     assert "MatMul8bitLt" not in trained.stderr  # LLM.int8's float16 cast, said on every product, is silenced
     adapter = run / "runs" / "smoke" / "adapter"
     losses = report_losses(adapter.parent)
