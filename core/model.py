@@ -98,8 +98,21 @@ def load_tokenizer(
     """
     from transformers import AutoTokenizer
 
-    require_reachable(path)
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+    from core.hub import offline_variable
+
+    local = Path(path).exists()
+    if not local and offline_variable() is None:
+        log.info("asking the Hub for %s (when it cannot be reached, retries take about a minute)", path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+    except OSError:
+        offline = None if local else offline_variable()
+        if offline:  # offline, a Hub model loads from the local cache only
+            raise UserError(
+                f"{path} is neither a local folder nor in the Hub cache, and {offline} is set, so the Hub "
+                f"cannot be asked for it: unset {offline}, or give a local model folder"
+            ) from None
+        raise
     if getattr(tokenizer, "legacy", None) is False:
         # transformers' Llama tokenizer with `legacy: false`, as Meta publishes Llama-2's config, drops the
         # `▁` that SentencePiece puts before text written right after `<s>` or `</s>`: a chat history and
@@ -196,15 +209,12 @@ def require_reachable(name_or_path: str) -> None:
     """One line when a model is neither a local folder nor something the Hub may be asked for (offline)."""
     from core.hub import offline_variable
 
-    if Path(name_or_path).exists():
-        return
-    offline = offline_variable()
+    offline = None if Path(name_or_path).exists() else offline_variable()
     if offline:
         raise UserError(
             f"{name_or_path} is not a local folder and {offline} is set, so the Hub cannot be asked for "
             f"it: unset {offline}, or give a local model folder"
         )
-    log.info("asking the Hub for %s (when it cannot be reached, retries take about a minute)", name_or_path)
 
 
 def load_model_config(name_or_path: str, revision: str | None = None):

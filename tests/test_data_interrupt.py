@@ -63,12 +63,14 @@ def test_ctrl_c_stops_curation_at_once_with_one_line_and_no_staging(tmp_path, sm
     interrupted = time.monotonic()
     os.killpg(process.pid, signal.SIGINT)
     try:
-        _, stderr = process.communicate(timeout=30)
+        _, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     stopped_after = time.monotonic() - interrupted
-    assert stopped_after < 5, f"{stopped_after:.1f} s after Ctrl-C"
+    # A hang is what this catches (multiprocessing.Pool's terminate() hung for good); the bound is loose
+    # because a busy CI machine is slow: quiet, the stage stops in 0.2 to 0.4 s.
+    assert stopped_after < 20, f"{stopped_after:.1f} s after Ctrl-C"
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     assert stderr.strip().splitlines()[0] == "error: interrupted"
     # make dies by the signal after its child, saying so in a line of its own
