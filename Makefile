@@ -21,21 +21,39 @@ HUB_REPO ?=
 BENCH ?=
 NPROC ?= 1
 ACCELERATE_CONFIG ?=
+# Several machines: `make train NNODES=2 NODE_RANK=<0 on the main machine, 1 on the other> MASTER_ADDR=<the
+# main machine's address> [MASTER_PORT=29500] NPROC=<processes on each machine>` on each of them.
+NNODES ?= 1
+NODE_RANK ?= 0
+MASTER_ADDR ?=
+MASTER_PORT ?= 29500
 # A value typed after `make` holds anything: spaces, quotes, `$`, backticks, `;`, newlines. Make would
 # expand its `$` (even run a $(shell ...) in it) and a shell would re-parse it once written into a
 # recipe. So each becomes a simple variable holding the raw text and is exported: recipes read it only
 # as "$$NAME", and make only tests whether it is empty or 1.
-USER_VARIABLES := PYTHON CONFIG SET MODEL PROMPT PROMPTS_FILE HUB_REPO BENCH NPROC ACCELERATE_CONFIG
+USER_VARIABLES := PYTHON CONFIG SET MODEL PROMPT PROMPTS_FILE HUB_REPO BENCH NPROC ACCELERATE_CONFIG NNODES \
+	NODE_RANK MASTER_ADDR MASTER_PORT
 $(foreach name,$(USER_VARIABLES),$(eval override $(name) := $$(value $(name))))
 export $(USER_VARIABLES)
 # `--option=value`, so that a value starting with `-` is not taken for an option; SET goes whole to
 # --sets, which splits it by shell rules.
 ARGS = --config="$$CONFIG" --sets="$$SET"
 STAGE = $(PY) -m $(1) $(ARGS)
-# Training on several processes: torchrun (CPU or GPU), or `accelerate launch` with ACCELERATE_CONFIG.
-TRAIN_LAUNCH = $(if $(ACCELERATE_CONFIG),$(VENV)/bin/accelerate launch --config_file="$$ACCELERATE_CONFIG" \
-	--num_processes="$$NPROC" -m,$(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone \
-	--nproc_per_node="$$NPROC" -m,$(PY) -m))
+# Training on several processes: torchrun (CPU or GPU), or `accelerate launch` with ACCELERATE_CONFIG; on
+# several machines (NNODES other than 1), one node of a run that meets at MASTER_ADDR:MASTER_PORT.
+TRAIN_LAUNCH = $(if $(ACCELERATE_CONFIG),$(ACCELERATE_LAUNCH),$(if $(filter-out 1,$(NNODES)),$(TORCHRUN_NODE),$(if \
+	$(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc_per_node="$$NPROC" -m,$(PY) -m)))
+TORCHRUN_NODE = $(MULTI_NODE_CHECK)$(PY) -m torch.distributed.run --nnodes="$$NNODES" --node_rank="$$NODE_RANK" \
+	--master_addr="$$MASTER_ADDR" --master_port="$$MASTER_PORT" --nproc_per_node="$$NPROC" -m
+# accelerate counts the processes of all machines: NPROC x NNODES, multiplied only when both are whole numbers
+# (then neither can hold anything a shell would act on); otherwise NPROC goes as typed, for accelerate to refuse.
+ACCELERATE_LAUNCH = $(VENV)/bin/accelerate launch --config_file="$$ACCELERATE_CONFIG" $(if \
+	$(filter-out 1,$(NNODES)),$(MULTI_NODE_CHECK)--num_processes="$$(if [[ $$NPROC =~ ^[0-9]+$$ && $$NNODES =~ \
+	^[0-9]+$$ ]]; then expr "$$NPROC" \* "$$NNODES"; else printf %s "$$NPROC"; fi)" --num_machines="$$NNODES" \
+	--machine_rank="$$NODE_RANK" --main_process_ip="$$MASTER_ADDR" \
+	--main_process_port="$$MASTER_PORT",--num_processes="$$NPROC") -m
+MULTI_NODE_CHECK = $(if $(MASTER_ADDR),,$(error NNODES=$(NNODES) needs MASTER_ADDR=<the address of the machine \
+	with NODE_RANK=0>, the same on every machine))
 
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -78,7 +96,7 @@ base: install ## build the embedded base model (offline, cached; nothing to do f
 data: install ## curate the configured sources into runs/<run>/dataset
 	$(call STAGE,data_prep)
 
-train: install ## QLoRA fine-tuning into runs/<run>/adapter (resumes; NPROC=N for N processes)
+train: install ## QLoRA fine-tuning into runs/<run>/adapter (resumes; NPROC=N processes; NNODES=M machines)
 	$(TRAIN_LAUNCH) fine_tune.train $(ARGS)
 
 merge: install ## merge the adapter into a 16-bit base: runs/<run>/merged

@@ -24,6 +24,8 @@ from core.errors import UserError
 log = logging.getLogger(__name__)
 
 FINGERPRINT_FILE = "run_fingerprint.json"
+# The world a checkpoint was saved under (processes, per-device batch, accumulation, global batch).
+PROCESSES_FILE = "processes.json"
 # Settings that change neither the weights a step produces nor the order of the data.
 NOT_FINGERPRINTED = {
     "model.embedded.cache_dir",
@@ -106,6 +108,8 @@ class Checkpoint:
     tokens_seen: int
     best_checkpoint: Path | None
     fingerprint: dict[str, Any]
+    progress: float = 0.0  # the trainer's epoch progress: epochs done plus the fraction of the current one
+    world_size: int | None = None  # the processes it was trained on; None when that was not recorded
 
     @property
     def length(self) -> dict[str, Any] | None:
@@ -155,6 +159,22 @@ def check_weights(path: Path) -> None:
             raise UnreadableCheckpoint(f"{archive.name} is damaged ({bad} fails its CRC check)")
 
 
+def saved_world_size(path: Path) -> int | None:
+    """The number of processes a checkpoint was saved under: recorded in processes.json, or for a checkpoint
+    older than that file, told by the trainer's random-state files (rng_state.pth for one process,
+    rng_state_<rank>.pth for each of several)."""
+    try:
+        recorded = json.loads((path / PROCESSES_FILE).read_text(encoding="utf-8"))["world_size"]
+        if isinstance(recorded, int) and recorded > 0:
+            return recorded
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        pass
+    ranks = [name.stem.rpartition("_")[2] for name in path.glob("rng_state_*.pth")]
+    if ranks and all(rank.isdigit() for rank in ranks):
+        return max(int(rank) for rank in ranks) + 1
+    return 1 if (path / "rng_state.pth").is_file() else None
+
+
 def read_checkpoint(path: Path) -> Checkpoint:
     state = read_json(path / "trainer_state.json")
     fingerprint = read_json(path / FINGERPRINT_FILE)
@@ -171,6 +191,8 @@ def read_checkpoint(path: Path) -> Checkpoint:
             tokens_seen=int(state.get("num_input_tokens_seen", 0)),
             best_checkpoint=Path(best) if (best := state.get("best_model_checkpoint")) else None,
             fingerprint=fingerprint,
+            progress=float(state.get("epoch") or 0.0),
+            world_size=saved_world_size(path),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise UnreadableCheckpoint(f"trainer_state.json lacks {error}") from None
@@ -221,7 +243,8 @@ def write_fingerprint(folder: Path, fingerprint: dict[str, Any]) -> None:
 
 
 def save_fingerprint_callback(fingerprint: dict[str, Any]):
-    """A trainer callback that writes the run's fingerprint into every checkpoint it saves."""
+    """A trainer callback that writes the run's fingerprint, and the world it was saved under, into every
+    checkpoint it saves."""
     from transformers import TrainerCallback
 
     class SaveFingerprint(TrainerCallback):
@@ -229,5 +252,13 @@ def save_fingerprint_callback(fingerprint: dict[str, Any]):
             if state.is_world_process_zero:
                 folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 write_fingerprint(folder, fingerprint)
+                batch, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+                world = {
+                    "world_size": args.world_size,
+                    "per_device_batch": batch,
+                    "gradient_accumulation_steps": accumulation,
+                    "global_batch": args.world_size * batch * accumulation,
+                }
+                (folder / PROCESSES_FILE).write_text(json.dumps(world, indent=2) + "\n")
 
     return SaveFingerprint()

@@ -48,6 +48,17 @@ from fine_tune.resume import (
     training_length,
     write_fingerprint,
 )
+from fine_tune.scale import (
+    counting_dataset_steps,
+    describe_resume,
+    examples_seen,
+    global_batch,
+    report_preparation,
+    require_fsdp_device,
+    resumable_trainer,
+    resume_plan,
+    tokenization_source,
+)
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +175,8 @@ def sft_config(config: Config, output_dir: Path):
         greater_is_better=False,
         include_num_input_tokens_seen="non_padding",
         report_to="none",
+        # Every LoRA weight takes part in every forward pass: DDP need not search the graph for unused ones.
+        ddp_find_unused_parameters=False,
         seed=config.run.seed,
         data_seed=config.run.seed,
         dataloader_num_workers=0,
@@ -200,14 +213,16 @@ def score_supervised_positions_only() -> Iterator[None]:
 def build_trainer(config: Config, paths: RunPaths, fingerprint: dict[str, Any]):
     """The SFTTrainer of this run: QLoRA model, curated dataset, callbacks for stopping, TensorBoard and the
     run's fingerprint in every checkpoint."""
-    from datasets import disable_caching, load_from_disk
+    from datasets import enable_caching, load_from_disk
     from transformers import EarlyStoppingCallback, set_seed
     from transformers.integrations import TensorBoardCallback
     from trl import SFTTrainer
 
-    # Tokenized copies go to temporary files, never into the curated dataset's folder.
-    disable_caching()
-    dataset = load_from_disk(str(paths.dataset / "data"))
+    # The dataset is tokenized and packed once: TRL prepares it on the main process first, and the others read
+    # the cache it left. The cache goes beside a copy of hard links, never into the curated dataset's folder.
+    enable_caching()
+    source = tokenization_source(paths.dataset / "data", paths.root / "tokenized", fingerprint["dataset"])
+    dataset = load_from_disk(str(source))
     set_seed(config.run.seed)
     base = resolve_base(config)
     tokenizer = base_tokenizer(config)
@@ -217,14 +232,18 @@ def build_trainer(config: Config, paths: RunPaths, fingerprint: dict[str, Any]):
     callbacks = [tensorboard, save_fingerprint_callback(fingerprint)]
     if config.train.early_stopping_patience and config.train.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.train.early_stopping_patience))
-    return SFTTrainer(
-        model=model,
-        args=sft_config(config, paths.checkpoints),
-        train_dataset=dataset["train"],
-        eval_dataset=dataset["validation"],
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
+    args = sft_config(config, paths.checkpoints)
+    with counting_dataset_steps() as steps:
+        trainer = resumable_trainer(SFTTrainer)(
+            model=model,
+            args=args,
+            train_dataset=dataset["train"],
+            eval_dataset=dataset["validation"],
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+    report_preparation(steps, source, args.process_index, args.world_size)
+    return trainer
 
 
 def write_adapter_from_checkpoint(
@@ -275,6 +294,7 @@ def report_summary(report: dict[str, Any]) -> str:
 
 def main(config: Config, args: argparse.Namespace) -> None:
     paths = RunPaths.of(config)
+    require_fsdp_device()
     check_before_work(config)
     with run_folder_lock(paths, "make train"):
         train(config, paths)
@@ -303,6 +323,8 @@ def train(config: Config, paths: RunPaths) -> None:
     log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
     dataloader = trainer.get_train_dataloader()
     epoch = batch_statistics(dataloader)
+    if resume is not None:  # where in the data, on any number of processes (fine_tune/scale.py)
+        trainer.resume_plan = resume_plan(trainer, resume, config)
     planned_steps = trainer.set_initial_training_values(trainer.args, dataloader)[-1]
     if resume is not None:
         if planned_steps <= resume.step:
@@ -311,9 +333,10 @@ def train(config: Config, paths: RunPaths) -> None:
                 f"steps: raise train.epochs or train.max_steps to continue it, or {START_OVER}"
             )
         log.info(
-            "resuming from %s: step %d of %d%s (train.resume=never starts over)",
+            "resuming from %s: step %d of %d%s%s (train.resume=never starts over)",
             resume.path, resume.step, planned_steps,
             "" if resume.length == training_length(config) else ", continuing to the new length",
+            describe_resume(trainer.resume_plan, len(trainer.train_dataset), config),
         )  # fmt: skip
 
     started = time.perf_counter()
@@ -340,7 +363,10 @@ def train(config: Config, paths: RunPaths) -> None:
         "steps": trainer.state.global_step,
         "steps_this_run": steps_this_run,
         "world_size": trainer.args.world_size,
+        "global_batch": global_batch(trainer.args),
+        "examples_seen": examples_seen(trainer),
         "resumed_from": str(resume.path) if resume else None,
+        "resumed_from_world_size": resume.world_size if resume else None,
         "resumed_at_step": resumed_at,
         "packing": config.train.packing,
         "input_tokens_seen": trainer.state.num_input_tokens_seen,

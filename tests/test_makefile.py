@@ -20,7 +20,8 @@ import pytest
 from tests.conftest import REPO
 
 STAGE_VARIABLES = ("CONFIG", "SET", "MODEL", "PROMPT", "PROMPTS_FILE", "HUB_REPO")
-VARIABLES = (*STAGE_VARIABLES, "PYTHON", "BENCH", "NPROC", "ACCELERATE_CONFIG")
+NODE_VARIABLES = ("NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+VARIABLES = (*STAGE_VARIABLES, "PYTHON", "BENCH", "NPROC", "ACCELERATE_CONFIG", *NODE_VARIABLES)
 # An outer make (`make test`) passes its command line down through these.
 MAKE_ENVIRONMENT = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
 # The stand-in interpreter: records its name and arguments, one JSON list a line, next to its bin/.
@@ -144,6 +145,52 @@ def test_accelerate_config_and_nproc_reach_accelerate(tmp_path, venv):
     (call,) = calls(venv)
     assert call[:5] == ["accelerate", "launch", f"--config_file={value}", f"--num_processes={value}", "-m"]
     nothing_ran(tmp_path)
+
+
+def test_one_node_of_several_machines_reaches_torchrun(tmp_path, venv):
+    value = hostile(tmp_path)
+    variables = [f"{name}={value}" for name in ("NPROC", *NODE_VARIABLES)]
+    assert make("train", f"VENV={venv}", *variables).returncode == 0
+    (call,) = calls(venv)
+    options = ["nnodes", "node_rank", "master_addr", "master_port", "nproc_per_node"]
+    assert call[:8] == ["python", "-m", "torch.distributed.run", *(f"--{name}={value}" for name in options)]
+    assert call[8:10] == ["-m", "fine_tune.train"]
+    nothing_ran(tmp_path)
+
+
+def test_one_node_of_several_machines_reaches_accelerate(tmp_path, venv):
+    value = hostile(tmp_path)
+    variables = [f"{name}={value}" for name in ("NPROC", "ACCELERATE_CONFIG", *NODE_VARIABLES)]
+    assert make("train", f"VENV={venv}", *variables).returncode == 0
+    (call,) = calls(venv)
+    # NPROC is not a number, so it goes as typed (accelerate refuses it) rather than multiplied.
+    options = ["num_processes", "num_machines", "machine_rank", "main_process_ip", "main_process_port"]
+    assert call[:3] == ["accelerate", "launch", f"--config_file={value}"]
+    assert call[3:8] == [f"--{name}={value}" for name in options]
+    assert call[8:10] == ["-m", "fine_tune.train"]
+    nothing_ran(tmp_path)
+
+
+@pytest.mark.parametrize("nproc, nnodes, total", [("4", "2", "8"), ("08", "3", "24"), ("1", "1", "1")])
+def test_accelerate_counts_the_processes_of_every_machine(venv, nproc, nnodes, total):
+    config = "configs/accelerate/ddp.yaml"
+    node = ["NODE_RANK=1", "MASTER_ADDR=10.0.0.1"]
+    assert make("train", f"VENV={venv}", f"NPROC={nproc}", f"NNODES={nnodes}", f"ACCELERATE_CONFIG={config}",
+                *node).returncode == 0  # fmt: skip
+    (call,) = calls(venv)
+    assert call[:4] == ["accelerate", "launch", f"--config_file={config}", f"--num_processes={total}"]
+    if nnodes == "1":  # one machine: no rendezvous options
+        assert call[4:6] == ["-m", "fine_tune.train"]
+    else:
+        machines = [f"--num_machines={nnodes}", "--machine_rank=1", "--main_process_ip=10.0.0.1"]
+        assert call[4:9] == [*machines, "--main_process_port=29500", "-m"]
+
+
+def test_several_machines_need_the_main_machines_address(venv):
+    result = make("train", f"VENV={venv}", "NNODES=2", "NODE_RANK=1")
+    assert result.returncode == 2
+    assert "NNODES=2 needs MASTER_ADDR=<the address of the machine with NODE_RANK=0>" in result.stderr
+    assert not (venv / "calls.jsonl").exists()
 
 
 def test_bench_names_are_split_on_spaces_and_never_globbed(tmp_path, venv):
