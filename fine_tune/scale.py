@@ -13,11 +13,11 @@ the next row it had not trained on. Kept: the optimizer step count and state, th
 (the same rate at the same step; the run's length in steps is the checkpoint's unless train.epochs or
 train.max_steps changed) and the rows seen. The remaining steps take the new global batch.
 
-**Tokenize once.** TRL prepares (tokenizes, masks, packs) the dataset on the main process first and then on
-the others; `datasets` caches each step next to the dataset's files, and those others read the cache instead
-of preparing it again. The curated dataset's folder must stay as `make data` wrote it (its digest is the
-run's fingerprint), so training reads a copy made of hard links in `runs/<run>/tokenized/<digest>/`, and the
-cache lands there.
+**Tokenize once** (several processes only). TRL prepares (tokenizes, masks, packs) the dataset on the main
+process first and then on the others; `datasets` caches each step next to the dataset's files, and those
+others read the cache instead of preparing it again. The curated dataset's folder must stay as `make data`
+wrote it (its digest is the run's fingerprint), so training reads a copy made of hard links in
+`runs/<run>/tokenized/<digest>/`, and the cache lands there.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -213,15 +214,21 @@ def score_supervised_positions_only() -> Iterator[None]:
 def build_trainer(config: Config, paths: RunPaths, fingerprint: dict[str, Any]):
     """The SFTTrainer of this run: QLoRA model, curated dataset, callbacks for stopping, TensorBoard and the
     run's fingerprint in every checkpoint."""
-    from datasets import enable_caching, load_from_disk
+    from datasets import disable_caching, enable_caching, load_from_disk
     from transformers import EarlyStoppingCallback, set_seed
     from transformers.integrations import TensorBoardCallback
     from trl import SFTTrainer
 
-    # The dataset is tokenized and packed once: TRL prepares it on the main process first, and the others read
-    # the cache it left. The cache goes beside a copy of hard links, never into the curated dataset's folder.
-    enable_caching()
-    source = tokenization_source(paths.dataset / "data", paths.root / "tokenized", fingerprint["dataset"])
+    several_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if several_processes:
+        # Tokenized and packed once: TRL prepares the dataset on the main process first, and the others
+        # read the cache it left, beside a copy of hard links, never in the curated dataset's folder.
+        enable_caching()
+        source = tokenization_source(paths.dataset / "data", paths.root / "tokenized", fingerprint["dataset"])
+    else:
+        # One process has nobody to share with: tokenized copies go to temporary files.
+        disable_caching()
+        source = paths.dataset / "data"
     dataset = load_from_disk(str(source))
     set_seed(config.run.seed)
     base = resolve_base(config)
@@ -242,7 +249,8 @@ def build_trainer(config: Config, paths: RunPaths, fingerprint: dict[str, Any]):
             processing_class=tokenizer,
             callbacks=callbacks,
         )
-    report_preparation(steps, source, args.process_index, args.world_size)
+    if several_processes:
+        report_preparation(steps, source, args.process_index, args.world_size)
     return trainer
 
 
