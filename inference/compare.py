@@ -147,7 +147,8 @@ def compare(config: Config, args: argparse.Namespace, paths: RunPaths) -> None:
             None if it["reference"] is None else rouge_l(a.text, it["reference"])
             for it, a in zip(items, answers, strict=True)
         ]
-        summary[label] = summarize(loss, answers, scores, seconds)
+        references = [item["reference"] for item in items]
+        summary[label] = summarize(loss, answers, references, scores, seconds)
         for item, answer, score in zip(items, answers, scores, strict=True):
             item.setdefault("answers", {})[label] = {
                 "text": answer.text,

@@ -1,5 +1,6 @@
 """The numbers of `make compare`, as pure functions: loss on the answer tokens, stop rate, fenced Python
-code that parses, ROUGE-L against the reference, answer length and speed."""
+code where the reference has some and code that parses, ROUGE-L against the reference, answer length and
+speed."""
 
 from __future__ import annotations
 
@@ -109,12 +110,27 @@ def rouge_l(prediction: str, reference: str) -> float:
     return _rouge_scorer().score(reference, prediction)["rougeL"].fmeasure
 
 
+def code_when_expected(answers: Sequence[str], references: Sequence[str | None]) -> float | None:
+    """The fraction of answers with a Python code block among those whose reference has one; None when no
+    reference has one."""
+    expected = [
+        bool(python_blocks(answer))
+        for answer, reference in zip(answers, references, strict=True)
+        if reference is not None and python_blocks(reference)
+    ]
+    return round(sum(expected) / len(expected), 3) if expected else None
+
+
 def summarize(
-    loss: float, answers: Sequence[Answer], rouge_scores: Sequence[float | None], seconds: float
+    loss: float,
+    answers: Sequence[Answer],
+    references: Sequence[str | None],
+    rouge_scores: Sequence[float | None],
+    seconds: float,
 ) -> dict[str, float | int | None]:
     """One model's row of the summary. `loss` is the mean teacher-forced loss per answer token;
-    `rouge_scores` has one ROUGE-L per answer, None where there is no reference (left out of the mean);
-    the parse rate is None when the answers hold no Python code block."""
+    `references` and `rouge_scores` have one entry per answer, None where there is no reference (left out
+    of the means); the parse rate is None when the answers hold no Python code block."""
     scored = [score for score in rouge_scores if score is not None]
     parsed, blocks = code_parse_counts([answer.text for answer in answers])
     new_tokens = sum(answer.new_tokens for answer in answers)
@@ -122,6 +138,7 @@ def summarize(
         "validation_loss": round(loss, 4),
         "perplexity": round(math.exp(loss), 2),
         "stop_rate": round(sum(answer.stopped for answer in answers) / len(answers), 3),
+        "code_when_expected": code_when_expected([answer.text for answer in answers], references),
         "code_blocks": blocks,
         "code_parse_rate": round(parsed / blocks, 3) if blocks else None,
         "rouge_l": round(sum(scored) / len(scored), 4) if scored else None,

@@ -14,6 +14,7 @@ METRICS = {
     "validation_loss": "validation loss (answer tokens)",
     "perplexity": "perplexity",
     "stop_rate": "stop rate (EOS before the limit)",
+    "code_when_expected": "answers with code where the reference has some",
     "code_parse_rate": "Python code blocks that parse",
     "code_blocks": "Python code blocks",
     "rouge_l": "ROUGE-L vs reference",

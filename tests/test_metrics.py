@@ -104,11 +104,13 @@ def test_summarize_known_values():
         Answer("plain words", new_tokens=0, stopped=True),
         Answer("more words", new_tokens=30, stopped=True),
     ]
-    summary = summarize(math.log(2), answers, [1.0, None, 0.5, 0.0], seconds=2.0)
+    references = ["```python\ny = 2\n```", None, "```py\nz = 3\n```", "no code"]
+    summary = summarize(math.log(2), answers, references, [1.0, None, 0.5, 0.0], seconds=2.0)
     assert summary == {
         "validation_loss": round(math.log(2), 4),
         "perplexity": 2.0,
         "stop_rate": 0.75,
+        "code_when_expected": 0.5,  # references 1 and 3 have code; answer 1 has some, answer 3 none
         "code_blocks": 2,
         "code_parse_rate": 0.5,
         "rouge_l": 0.5,  # the mean of 1.0, 0.5 and 0.0; None has no reference
@@ -118,6 +120,7 @@ def test_summarize_known_values():
 
 
 def test_summarize_without_code_or_references_says_none():
-    summary = summarize(1.0, [Answer("words", 3, True)], [None], seconds=1.0)
+    summary = summarize(1.0, [Answer("words", 3, True)], [None], [None], seconds=1.0)
     assert summary["code_blocks"] == 0
     assert summary["code_parse_rate"] is None and summary["rouge_l"] is None
+    assert summary["code_when_expected"] is None

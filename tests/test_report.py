@@ -11,8 +11,8 @@ HOSTILE = "Close </pre><script>alert(\"x\")</script> & <b>bold</b>\x00 'quoted'"
 
 def make_report() -> dict:
     summary_values = {
-        "validation_loss": 2.5, "perplexity": 12.18, "stop_rate": 0.5, "code_blocks": 0,
-        "code_parse_rate": None, "rouge_l": 0.25, "mean_answer_tokens": 12.0, "tokens_per_second": 99.5,
+        "validation_loss": 2.5, "perplexity": 12.18, "stop_rate": 0.5, "code_when_expected": 0.0,
+        "code_blocks": 0, "code_parse_rate": None, "rouge_l": 0.25, "mean_answer_tokens": 12.0, "tokens_per_second": 99.5,
     }  # fmt: skip
     prompts = ["[INST] How do I reverse a list? [/INST]", f"[INST] {HOSTILE} [/INST]", "[INST] Third [/INST]"]
     items = []
@@ -80,7 +80,7 @@ def test_summary_table_has_one_row_per_metric_and_a_column_per_model():
     table = summary_table(make_report()["summary"]).splitlines()
     assert table[0] == "| metric | base | fine-tuned |"
     assert "| Python code blocks that parse | n/a | n/a |" in table
-    assert len(table) == 2 + 8
+    assert len(table) == 2 + 9
 
 
 def test_both_reports_state_every_decoding_setting():
