@@ -16,7 +16,9 @@ import math
 import random
 import sysconfig
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 from core.cli import run_stage, stage_parser
 from core.config import Config, EmbeddedBaseConfig
@@ -32,6 +34,9 @@ BYTE_TOKENS = [f"<0x{value:02X}>" for value in range(256)]
 # word), a word with its opening space, a run of newlines. Indentation becomes a few tokens, not one per
 # space.
 PRE_TOKENIZER_PATTERN = r"▁+(?=▁)|▁?[^▁\n]+|▁+|\n+"
+# Every 40th text of the corpus is kept out of training, and the base measured on (up to 64 blocks of) them.
+HELD_OUT_EVERY = 40
+HELD_OUT_BLOCKS = 64
 
 
 def stdlib_corpus(megabytes: float) -> list[str]:
@@ -137,22 +142,39 @@ def pretrain_blocks(tokenizer, texts: list[str], seq_len: int) -> list[list[int]
     return [stream[start : start + seq_len] for start in range(0, len(stream) - seq_len + 1, seq_len)]
 
 
-def build_base(spec: EmbeddedBaseConfig, destination: Path) -> None:
-    import torch
-    from datasets import Dataset
-    from transformers import (
-        GenerationConfig,
-        LlamaConfig,
-        LlamaForCausalLM,
-        Trainer,
-        TrainingArguments,
-        set_seed,
-    )
+def split_texts(texts: list[str]) -> tuple[list[str], list[str]]:
+    """(training texts, held-out texts): every `HELD_OUT_EVERY`-th text of the corpus is kept out of the
+    tokenizer and of pretraining, to measure the base on text it never saw."""
+    held_out = [text for index, text in enumerate(texts) if index % HELD_OUT_EVERY == 0]
+    return [text for index, text in enumerate(texts) if index % HELD_OUT_EVERY], held_out
 
-    set_seed(spec.seed)
-    texts = stdlib_corpus(spec.corpus_megabytes)
-    log.info("corpus: %d texts, %.1f MB", len(texts), sum(map(len, texts)) / 1e6)
-    tokenizer = build_tokenizer(texts, spec.vocab_size)
+
+def held_out_blocks(tokenizer: Any, texts: list[str], seq_len: int) -> list[list[int]]:
+    """The first `HELD_OUT_BLOCKS` blocks of the held-out texts."""
+    return pretrain_blocks(tokenizer, texts, seq_len)[:HELD_OUT_BLOCKS]
+
+
+def bits_per_byte(model: Any, tokenizer: Any, blocks: list[list[int]], batch_size: int = 8) -> float:
+    """The model's loss on `blocks` in bits per byte of their text: unlike a loss per token, comparable
+    between tokenizers of different vocabulary sizes."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    nats = 0.0
+    with torch.no_grad():
+        for start in range(0, len(blocks), batch_size):
+            ids = torch.tensor(blocks[start : start + batch_size])
+            nats += model(input_ids=ids, labels=ids).loss.item() * ids.shape[0] * (ids.shape[1] - 1)
+    model.train(was_training)
+    text_bytes = sum(len(tokenizer.decode(block, skip_special_tokens=True).encode()) for block in blocks)
+    return nats / math.log(2) / text_bytes
+
+
+def untrained_model(spec: EmbeddedBaseConfig, tokenizer: Any) -> Any:
+    """A randomly initialised Llama of the spec's shape for `tokenizer` (the seed set by the caller)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     model_config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,
@@ -166,33 +188,76 @@ def build_base(spec: EmbeddedBaseConfig, destination: Path) -> None:
         pad_token_id=None,
         tie_word_embeddings=False,
     )
-    model = LlamaForCausalLM(model_config)
+    return LlamaForCausalLM(model_config)
+
+
+def pretrain(
+    model: Any, blocks: list[list[int]], spec: EmbeddedBaseConfig, scratch: str, callbacks: list | None = None
+) -> None:
+    """`spec.pretrain_steps` steps of causal-LM training on `blocks` (shuffled, so that the steps see a sample
+    of the whole corpus and not its first files; repeated when they need more), with a cosine schedule."""
+    import torch
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    blocks = list(blocks)
+    random.Random(spec.seed).shuffle(blocks)
+    needed = spec.pretrain_steps * spec.pretrain_batch_size
+    blocks = (blocks * math.ceil(needed / len(blocks)))[:needed]
+    dataset = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+    args = TrainingArguments(
+        output_dir=scratch,
+        max_steps=spec.pretrain_steps,
+        per_device_train_batch_size=spec.pretrain_batch_size,
+        learning_rate=spec.pretrain_learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, spec.pretrain_steps // 20),
+        weight_decay=0.01,
+        logging_steps=max(1, spec.pretrain_steps // 10),
+        save_strategy="no",
+        report_to="none",
+        seed=spec.seed,
+        data_seed=spec.seed,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+    )
+    Trainer(model=model, args=args, train_dataset=dataset, callbacks=callbacks).train()
+
+
+def build_base(spec: EmbeddedBaseConfig, destination: Path) -> None:
+    from transformers import GenerationConfig, set_seed
+
+    set_seed(spec.seed)
+    texts, held_out_texts = split_texts(stdlib_corpus(spec.corpus_megabytes))
+    log.info(
+        "corpus: %d texts, %.1f MB (and %d held out)",
+        len(texts),
+        sum(map(len, texts)) / 1e6,
+        len(held_out_texts),
+    )
+    tokenizer = build_tokenizer(texts, spec.vocab_size)
+    model = untrained_model(spec, tokenizer)
     log.info("model: %.2fM parameters", model.num_parameters() / 1e6)
 
     with atomic_dir(destination) as staging, tempfile.TemporaryDirectory() as scratch:
         if spec.pretrain_steps:
-            blocks = pretrain_blocks(tokenizer, texts, spec.pretrain_seq_len)
-            random.Random(spec.seed).shuffle(blocks)  # a sample of the whole corpus, not its first files
-            needed = spec.pretrain_steps * spec.pretrain_batch_size
-            blocks = (blocks * math.ceil(needed / len(blocks)))[:needed]
-            dataset = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
-            args = TrainingArguments(
-                output_dir=scratch,
-                max_steps=spec.pretrain_steps,
-                per_device_train_batch_size=spec.pretrain_batch_size,
-                learning_rate=spec.pretrain_learning_rate,
-                lr_scheduler_type="cosine",
-                warmup_steps=max(1, spec.pretrain_steps // 20),
-                weight_decay=0.01,
-                logging_steps=max(1, spec.pretrain_steps // 10),
-                save_strategy="no",
-                report_to="none",
-                seed=spec.seed,
-                data_seed=spec.seed,
-                use_cpu=not torch.cuda.is_available(),
-                dataloader_num_workers=0,
-            )
-            Trainer(model=model, args=args, train_dataset=dataset).train()
+            held_out = held_out_blocks(tokenizer, held_out_texts, spec.pretrain_seq_len)
+            started = time.perf_counter()
+            pretrain(model, pretrain_blocks(tokenizer, texts, spec.pretrain_seq_len), spec, scratch)
+            seconds = time.perf_counter() - started
+            tokens = spec.pretrain_steps * spec.pretrain_batch_size * spec.pretrain_seq_len
+            report = {
+                "held_out_bits_per_byte": round(bits_per_byte(model, tokenizer, held_out), 4),
+                "held_out_blocks": len(held_out),
+                "pretrain_tokens": tokens,
+                "pretrain_seconds": round(seconds, 1),
+                "pretrain_tokens_per_second": round(tokens / seconds, 1),
+            }
+            log.info(
+                "pretrained on %d tokens in %.0f s (%.0f tokens/s); held-out text: %.3f bits per byte",
+                tokens, seconds, tokens / seconds, report["held_out_bits_per_byte"],
+            )  # fmt: skip
+            (staging / "pretrain_report.json").write_text(json.dumps(report, indent=2) + "\n")
         model.generation_config = GenerationConfig(
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
         )

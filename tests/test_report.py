@@ -12,7 +12,8 @@ HOSTILE = "Close </pre><script>alert(\"x\")</script> & <b>bold</b>\x00 'quoted'"
 def make_report() -> dict:
     summary_values = {
         "validation_loss": 2.5, "perplexity": 12.18, "stop_rate": 0.5, "code_when_expected": 0.0,
-        "code_blocks": 0, "code_parse_rate": None, "rouge_l": 0.25, "mean_answer_tokens": 12.0, "tokens_per_second": 99.5,
+        "code_blocks": 0, "code_parse_rate": None, "rouge_l": 0.25, "mean_answer_tokens": 12.0,
+        "tokens_per_second": 99.5,
     }  # fmt: skip
     prompts = ["[INST] How do I reverse a list? [/INST]", f"[INST] {HOSTILE} [/INST]", "[INST] Third [/INST]"]
     items = []
