@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from core.prompts import render_completion, render_prompt
+from core.runs import RunPaths
 from fine_tune.resume import saved_checkpoints
 from tests.conftest import REPO, SMOKE, fresh_run, run_stage, smoke_config
 from tests.test_prompts import EXAMPLES, SYSTEM
@@ -202,6 +203,21 @@ def test_scoring_only_supervised_positions_keeps_loss_and_gradients(packed_train
     assert only_loss == pytest.approx(every_loss, abs=1e-5)
     for only, every in zip(only_gradients, every_gradients, strict=True):
         torch.testing.assert_close(only, every, atol=1e-5, rtol=1e-3)
+
+
+def test_a_quantized_model_trains_float32_adapters_when_it_computes_in_float32(curated, packed_trainer):
+    """SFTTrainer casts a 4-bit model's LoRA weights to bf16; the stage keeps them in the compute dtype."""
+    from fine_tune.train import build_trainer, training_fingerprint
+
+    def adapter_dtypes(model) -> set[torch.dtype]:
+        return {p.dtype for name, p in model.named_parameters() if p.requires_grad and "lora_" in name}
+
+    plain, _ = packed_trainer
+    assert adapter_dtypes(plain.model) == {torch.bfloat16}  # TRL's rule (if it goes, so can the stage's)
+    config = smoke_config(curated)
+    paths = RunPaths.of(config)
+    trainer = build_trainer(config, paths, training_fingerprint(config, paths.dataset / "data"))
+    assert adapter_dtypes(trainer.model) == {torch.float32}
 
 
 def test_two_processes_train_with_ddp(curated):
