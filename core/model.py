@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # Part of the embedded base's cache key: bump it whenever fine_tune/base.py's recipe changes what a spec
 # builds.
-EMBEDDED_RECIPE_VERSION = 4
+EMBEDDED_RECIPE_VERSION = 5
 
 
 def embedded_base_dir(spec: EmbeddedBaseConfig) -> Path:

@@ -16,6 +16,7 @@ import math
 import random
 import sysconfig
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from core.config import Config, EmbeddedBaseConfig
 from core.model import embedded_base_dir
 from core.prompts import LLAMA2_CHAT_TEMPLATE
 from core.runs import atomic_dir
+from core.syntax import parses
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +43,17 @@ HELD_OUT_BLOCKS = 64
 
 def stdlib_corpus(megabytes: float) -> list[str]:
     """About `megabytes` of text every Python has: the language reference that `help()` shows (English
-    prose about Python, with code), then the standard library's .py files in sorted path order."""
+    prose about Python, its examples in Markdown code blocks as answers write them), then the standard
+    library's .py files in sorted path order, less the codecs' character tables."""
     from pydoc_data.topics import topics
 
-    texts = [topics[name] for name in sorted(topics)]
+    texts = [fenced_examples(topics[name]) for name in sorted(topics)]
     budget = int(megabytes * 1_000_000) - sum(map(len, texts))
     root = Path(sysconfig.get_paths()["stdlib"])
     for path in sorted(root.rglob("*.py")):
         if budget <= 0:
             break
-        if {"site-packages", "test", "tests", "pydoc_data"} & set(path.parts):
+        if {"site-packages", "test", "tests", "pydoc_data", "encodings"} & set(path.parts):
             continue
         try:
             text = path.read_text(encoding="utf-8")
@@ -59,6 +62,33 @@ def stdlib_corpus(megabytes: float) -> list[str]:
         texts.append(text)
         budget -= len(text)
     return texts
+
+
+def fenced_examples(text: str) -> str:
+    """`text` (the language reference as `help()` renders it) with each example, a block indented under a
+    line that ends with a colon, as a Markdown code block: ```python when it parses as Python, else ```."""
+    lines = text.split("\n")
+    out: list[str] = []
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        out.append(line)
+        index += 1
+        opens_example = (
+            line.endswith(":") and not line.startswith(" ") and index + 1 < len(lines)
+            and not lines[index].strip() and lines[index + 1].startswith("   ")
+        )  # fmt: skip
+        if not opens_example:
+            continue
+        end = index + 1
+        while end < len(lines) and (lines[end].startswith("   ") or not lines[end].strip()):
+            end += 1
+        while not lines[end - 1].strip():
+            end -= 1
+        code = textwrap.dedent("\n".join(lines[index + 1 : end]))
+        out += ["", f"```{'python' if parses(code) else ''}", code, "```"]
+        index = end
+    return "\n".join(out)
 
 
 def build_tokenizer(texts: list[str], vocab_size: int):

@@ -4,17 +4,15 @@ speed."""
 
 from __future__ import annotations
 
-import ast
 import math
 import re
-import textwrap
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
 import torch
 
+from core.syntax import parses
 from inference.generate import Answer
 
 # A fence opens with 3+ backticks or tildes (at most 3 spaces in) and an optional language; it closes
@@ -81,17 +79,6 @@ def python_blocks(text: str) -> list[str]:
     return [s.text for s in split_fenced(text) if s.kind == "code" and s.language in PYTHON_LANGUAGES]
 
 
-def parses(code: str) -> bool:
-    """Whether the code is valid Python syntax (`ast.parse`), after removing a common indentation."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SyntaxWarning)  # e.g. invalid escape sequences still parse
-        try:
-            ast.parse(textwrap.dedent(code))
-        except (SyntaxError, ValueError):  # ValueError: null bytes
-            return False
-    return True
-
-
 def code_parse_counts(texts: Sequence[str]) -> tuple[int, int]:
     """(blocks that parse, Python blocks) over all the texts."""
     blocks = [block for text in texts for block in python_blocks(text)]
@@ -130,18 +117,24 @@ def summarize(
 ) -> dict[str, float | int | None]:
     """One model's row of the summary. `loss` is the mean teacher-forced loss per answer token;
     `references` and `rouge_scores` have one entry per answer, None where there is no reference (left out
-    of the means); the parse rate is None when the answers hold no Python code block."""
+    of the means); the parse rate is None when the answers hold no Python code block. An answer that is
+    EOS at once (or only spaces) is counted as empty, not as one that stopped: a model that has learnt
+    little can put EOS first."""
     scored = [score for score in rouge_scores if score is not None]
     parsed, blocks = code_parse_counts([answer.text for answer in answers])
     new_tokens = sum(answer.new_tokens for answer in answers)
+    count = len(answers)
     return {
         "validation_loss": round(loss, 4),
         "perplexity": round(math.exp(loss), 2),
-        "stop_rate": round(sum(answer.stopped for answer in answers) / len(answers), 3),
+        "stop_rate": round(
+            sum(answer.stopped and bool(answer.text.strip()) for answer in answers) / count, 3
+        ),
+        "empty_answers": round(sum(not answer.text.strip() for answer in answers) / count, 3),
         "code_when_expected": code_when_expected([answer.text for answer in answers], references),
         "code_blocks": blocks,
         "code_parse_rate": round(parsed / blocks, 3) if blocks else None,
         "rouge_l": round(sum(scored) / len(scored), 4) if scored else None,
-        "mean_answer_tokens": round(new_tokens / len(answers), 1),
+        "mean_answer_tokens": round(new_tokens / count, 1),
         "tokens_per_second": round(new_tokens / seconds, 1) if seconds > 0 else None,
     }

@@ -13,7 +13,8 @@ from inference.metrics import split_fenced
 METRICS = {
     "validation_loss": "validation loss (answer tokens)",
     "perplexity": "perplexity",
-    "stop_rate": "stop rate (EOS before the limit)",
+    "stop_rate": "stop rate (an answer, then EOS before the limit)",
+    "empty_answers": "empty answers (EOS before any text)",
     "code_when_expected": "answers with code where the reference has some",
     "code_parse_rate": "Python code blocks that parse",
     "code_blocks": "Python code blocks",

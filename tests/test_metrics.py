@@ -110,6 +110,7 @@ def test_summarize_known_values():
         "validation_loss": round(math.log(2), 4),
         "perplexity": 2.0,
         "stop_rate": 0.75,
+        "empty_answers": 0.0,
         "code_when_expected": 0.5,  # references 1 and 3 have code; answer 1 has some, answer 3 none
         "code_blocks": 2,
         "code_parse_rate": 0.5,
@@ -117,6 +118,18 @@ def test_summarize_known_values():
         "mean_answer_tokens": 15.0,
         "tokens_per_second": 30.0,
     }
+
+
+def test_an_empty_answer_counts_as_empty_not_as_a_stop():
+    answers = [
+        Answer("", 0, True),
+        Answer("  \n", 1, True),
+        Answer("words", 3, True),
+        Answer("more", 9, False),
+    ]
+    summary = summarize(1.0, answers, [None] * 4, [None] * 4, seconds=1.0)
+    assert summary["stop_rate"] == 0.25
+    assert summary["empty_answers"] == 0.5
 
 
 def test_summarize_without_code_or_references_says_none():

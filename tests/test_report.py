@@ -11,9 +11,9 @@ HOSTILE = "Close </pre><script>alert(\"x\")</script> & <b>bold</b>\x00 'quoted'"
 
 def make_report() -> dict:
     summary_values = {
-        "validation_loss": 2.5, "perplexity": 12.18, "stop_rate": 0.5, "code_when_expected": 0.0,
-        "code_blocks": 0, "code_parse_rate": None, "rouge_l": 0.25, "mean_answer_tokens": 12.0,
-        "tokens_per_second": 99.5,
+        "validation_loss": 2.5, "perplexity": 12.18, "stop_rate": 0.5, "empty_answers": 0.0,
+        "code_when_expected": 0.0, "code_blocks": 0, "code_parse_rate": None, "rouge_l": 0.25,
+        "mean_answer_tokens": 12.0, "tokens_per_second": 99.5,
     }  # fmt: skip
     prompts = ["[INST] How do I reverse a list? [/INST]", f"[INST] {HOSTILE} [/INST]", "[INST] Third [/INST]"]
     items = []
@@ -67,7 +67,8 @@ def test_html_is_well_formed_and_holds_every_prompt_and_answer_escaped():
 def test_markdown_has_the_summary_then_every_prompt_with_both_answers():
     report = make_report()
     markdown = markdown_report(report)
-    assert markdown.index("| stop rate (EOS before the limit) | 0.5 | 1.0 |") < markdown.index("## 1.")
+    stop_row = "| stop rate (an answer, then EOS before the limit) | 0.5 | 1.0 |"
+    assert markdown.index(stop_row) < markdown.index("## 1.")
     for number, item in enumerate(report["items"], 1):
         assert f"## {number}. {item['kind']}" in markdown
     assert "How do I reverse a list?" in markdown
@@ -81,7 +82,7 @@ def test_summary_table_has_one_row_per_metric_and_a_column_per_model():
     table = summary_table(make_report()["summary"]).splitlines()
     assert table[0] == "| metric | base | fine-tuned |"
     assert "| Python code blocks that parse | n/a | n/a |" in table
-    assert len(table) == 2 + 9
+    assert len(table) == 2 + 10
 
 
 def test_both_reports_state_every_decoding_setting():
