@@ -85,3 +85,14 @@ def test_merge_refuses_a_quantized_base_and_a_bad_shard_size(pipeline, tmp_path,
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 1 and len(errors) == 1 and message in errors[0], result.stderr[-2000:]
     assert (run / "merged" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_merge_tolerance_is_the_dtypes_or_a_tenth_of_the_adapters_effect():
+    from fine_tune.merge import TOLERANCE, merge_tolerance
+
+    assert merge_tolerance(torch.bfloat16, 0.5) == TOLERANCE[torch.bfloat16] == 0.25  # barely trained
+    assert merge_tolerance(torch.bfloat16, 10.0) == pytest.approx(1.0)  # logits moved by 10: rounding grows
+    # A merge that dropped the adapter differs by the adapter's whole effect: it fails.
+    assert all(effect > merge_tolerance(torch.bfloat16, effect) for effect in (0.3, 1.0, 10.0, 100.0))
+    assert merge_tolerance(torch.float32, 10.0) == pytest.approx(1.0)
+    assert merge_tolerance(torch.float32, 0.001) == TOLERANCE[torch.float32]
