@@ -76,7 +76,7 @@ def fenced_examples(text: str) -> str:
         index += 1
         opens_example = (
             line.endswith(":") and not line.startswith(" ") and index + 1 < len(lines)
-            and not lines[index].strip() and lines[index + 1].startswith("   ")
+            and not lines[index].strip() and lines[index + 1].startswith("   ") and lines[index + 1].strip()
         )  # fmt: skip
         if not opens_example:
             continue

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 # Largest |logit difference| allowed between the merged model and base + adapter: merging changes only the
 # rounding of W + BA, at the dtype's precision. That is TOLERANCE for the dtype, or a tenth of the adapter's
 # own effect on the logits when larger: rounding errors grow with the logits (a bfloat16 logit of 12 is
-# already +-0.05), and a well-trained adapter moves them by several units. A wrong merge (the adapter
+# already +-0.03), and a well-trained adapter moves them by several units. A wrong merge (the adapter
 # dropped, applied twice, scaled wrongly) is off by about the adapter's whole effect and fails either way.
 TOLERANCE = {torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 2.5e-1}
 ADAPTER_EFFECT_SHARE = 0.1

@@ -50,7 +50,13 @@ after it."""
 
 
 def test_text_without_examples_is_unchanged():
-    for text in ["", "one line:", "Indented text that opens no example:\n   but follows at once", "a:\n\n"]:
+    for text in [
+        "",
+        "one line:",
+        "Indented text that opens no example:\n   but follows at once",
+        "a:\n\n",
+        "a:\n\n   \n",
+    ]:
         assert fenced_examples(text) == text
 
 
