@@ -36,7 +36,7 @@ RECIPE_3 = {
     "vocab_size": 4096, "hidden_size": 256, "intermediate_size": 704, "num_layers": 4, "num_heads": 4,
     "pretrain_batch_size": 4, "pretrain_seq_len": 256, "pretrain_learning_rate": 3e-3,
 }  # fmt: skip
-SMALL = {"hidden_size": 128, "intermediate_size": 352, "pretrain_learning_rate": 5e-3}
+SMALL = {"hidden_size": 128, "intermediate_size": 384, "pretrain_learning_rate": 5e-3}
 CANDIDATES: dict[str, dict[str, Any]] = {
     "recipe 3 (baseline)": RECIPE_3,
     "tiny profile (ours)": {},
@@ -135,7 +135,7 @@ def run() -> None:
     tokenizers: dict[int, Any] = {}
     results, by_spec = [], {}
     for name, overrides in CANDIDATES.items():
-        spec = profile.model_copy(update=overrides)
+        spec = type(profile).model_validate({**profile.model_dump(), **overrides})  # the config's own rules
         key = spec.model_dump_json(exclude={"pretrain_steps"})
         if key not in by_spec:  # the tiny profile may be one of the candidates
             by_spec[key] = run_candidate(name, spec, corpus, tokenizers)

@@ -24,9 +24,8 @@ class EmbeddedBaseConfig(Section):
     """The small Llama-architecture base built offline by `make base` (`model.name_or_path: embedded`)."""
 
     vocab_size: int = Field(4096, ge=512)
-    # bitsandbytes' CPU 4-bit kernel needs every quantized layer's output size to be a multiple of 32.
-    hidden_size: int = Field(256, ge=32, multiple_of=32)
-    intermediate_size: int = Field(704, ge=32, multiple_of=32)
+    hidden_size: int = Field(256, ge=64)
+    intermediate_size: int = Field(704, ge=64)
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     max_position_embeddings: int = Field(1024, ge=64)
@@ -39,6 +38,25 @@ class EmbeddedBaseConfig(Section):
     )
     seed: int = 1234
     cache_dir: Path = Path(".cache/base")
+
+    @field_validator("hidden_size", "intermediate_size")
+    @classmethod
+    def _fits_the_4bit_cpu_kernels(cls, value: int) -> int:
+        # Every quantized layer reads one of these sizes and writes one: bitsandbytes' 4-bit kernel for CPUs
+        # with AVX-512 BF16 needs inputs in whole 64-value blocks (and outputs in rows of 32).
+        if value % 64:
+            below, above = value // 64 * 64, (value // 64 + 1) * 64
+            raise ValueError(
+                f"{value} is not a multiple of 64, which bitsandbytes' 4-bit CPU kernel (AVX-512 BF16) needs "
+                f"of every layer size: use {below} or {above}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _whole_heads(self) -> EmbeddedBaseConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"num_heads: {self.num_heads} does not divide hidden_size {self.hidden_size}")
+        return self
 
 
 class ModelConfig(Section):
@@ -108,7 +126,9 @@ class QuantConfig(Section):
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="bits 4 only")
     double_quant: bool = Field(True, description="bits 4 only")
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="auto: bf16 on GPUs that support it, else fp16; float32 on CPU"
+        "auto",
+        description="auto: bf16 on GPUs that support it, else fp16; on a CPU, bf16 where it has "
+        "AVX-512 BF16, else float32",
     )
     quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = Field(
         "uint8", description="dtype the 4-bit weights are stored in; FSDP needs the compute dtype"

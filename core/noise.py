@@ -23,6 +23,9 @@ IGNORED_LOG_LINES = [
     # quant.bits 8: LLM.int8 casts every layer's input to float16, as it is meant to, and says so on every
     # matrix product in any other compute dtype (float32 on a CPU, bfloat16 on most GPUs).
     ("bitsandbytes.autograd._functions", "MatMul8bitLt: inputs will be cast"),
+    # On a CPU with AVX-512 BF16 only: bitsandbytes would fetch a faster inference kernel from the Hub with
+    # the `kernels` package, and uses its own built-in one without (training uses neither: core/patches.py).
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),
     # The Hub client's "'<network error>' thrown while requesting HEAD <url>" and "Retrying in 4s [Retry
     # 3/5]", twice a try: the stage says that it asks the Hub, then in one line what could not be had.
     ("huggingface_hub.utils._http", "'"),

@@ -15,8 +15,6 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ from core.model import (
     quantization_config,
     resolve_base,
 )
+from core.patches import control_cpu_repack, score_supervised_positions_only
 from core.runs import RunPaths, atomic_dir, require, run_folder_lock, write_json_atomic
 from fine_tune.report import batch_statistics, peak_cuda_mb, peak_rss_mb, plot_loss_curve
 from fine_tune.resume import (
@@ -116,6 +115,7 @@ def load_quantized_model(config: Config, base: str):
         device_map=device_map(),
     )
     model.config.use_cache = False  # the cache is useless in training and breaks packed-sequence isolation
+    control_cpu_repack(model, training=True)  # evaluations must not change how training computes
     if config.quant.bits in (4, 8):
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=config.train.gradient_checkpointing
@@ -182,33 +182,6 @@ def sft_config(config: Config, output_dir: Path):
         data_seed=config.run.seed,
         dataloader_num_workers=0,
     )
-
-
-@contextmanager
-def score_supervised_positions_only() -> Iterator[None]:
-    """While training runs, make TRL's fused LM head score only the positions that have a label, on a CPU too.
-
-    TRL does so on Triton devices only (elsewhere a varying number of positions would recompile the tiles)
-    and has no public switch. Eager CPU training compiles nothing, and for a small model the LM head and
-    its log-softmax over the vocabulary cost as much as the decoder layers: scoring the prompt positions
-    too took 35.1 s for a tiny epoch instead of 25.6 s. The loss and the gradients are the same (a test
-    checks). The library's own function is put back on exit."""
-    import trl.trainer.utils as trl_utils
-
-    on_triton = getattr(trl_utils, "_use_triton", None)
-    if on_triton is None:  # another TRL: training stays correct, only slower on a CPU (a test notices)
-        log.warning("this TRL has no trl.trainer.utils._use_triton: the LM head scores every position")
-        yield
-        return
-
-    def compact(device: torch.device) -> bool:
-        return device.type == "cpu" or on_triton(device)
-
-    trl_utils._use_triton = compact
-    try:
-        yield
-    finally:
-        trl_utils._use_triton = on_triton
 
 
 def build_trainer(config: Config, paths: RunPaths, fingerprint: dict[str, Any]):

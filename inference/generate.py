@@ -32,6 +32,7 @@ from core.model import (
     quantization_config,
     resolve_base,
 )
+from core.patches import control_cpu_repack
 from core.prompts import ChatFormat
 from core.runs import RunPaths
 
@@ -276,6 +277,10 @@ def load_model(source: ModelSource, config: Config):
     else:
         with loading(config, "the model", source.path):
             model = AutoModelForCausalLM.from_pretrained(source.path, **options)
+    if config.inference.quantize:
+        control_cpu_repack(
+            model, training=False
+        )  # a layer bitsandbytes' bf16 CPU kernel cannot take keeps its own
     if model.num_parameters() < SMALL_MODEL_PARAMETERS:
         note_small_model()
     return model.eval(), tokenizer

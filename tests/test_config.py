@@ -73,8 +73,24 @@ def test_sets_with_an_unbalanced_quote_is_one_line():
 
 
 def test_embedded_sizes_must_suit_the_cpu_4bit_kernel():
-    with pytest.raises(UserError, match="model.embedded.intermediate_size: Input should be a multiple of 32"):
-        load_config(CONFIGS / "tiny.yaml", ["model.embedded.intermediate_size=100"])
+    rule = "model.embedded.intermediate_size: 352 is not a multiple of 64"
+    with pytest.raises(UserError, match=rule) as error:
+        load_config(CONFIGS / "tiny.yaml", ["model.embedded.intermediate_size=352"])
+    assert str(error.value).endswith("use 320 or 384")
+    with pytest.raises(UserError, match="model.embedded.hidden_size: 96 is not a multiple of 64"):
+        load_config(CONFIGS / "tiny.yaml", ["model.embedded.hidden_size=96"])
+
+
+@pytest.mark.parametrize("profile", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.name)
+def test_every_profiles_embedded_layers_fit_the_cpu_4bit_kernel(profile):
+    """The rule bitsandbytes' AVX-512 BF16 repack applies to each quantized layer, on every machine."""
+    from core.patches import cpu_repack_fits
+
+    spec = load_config(profile).model.embedded
+    hidden, intermediate = spec.hidden_size, spec.intermediate_size
+    layers = {"q/k/v/o_proj": (hidden, hidden), "gate/up_proj": (intermediate, hidden)}
+    layers["down_proj"] = (hidden, intermediate)
+    assert all(cpu_repack_fits(out, into) for out, into in layers.values()), layers
 
 
 def test_llama2_7b_profile_reproduces_the_seed_run():

@@ -18,6 +18,7 @@ from core.prompts import render_completion, render_prompt
 from core.runs import RunPaths
 from fine_tune.resume import saved_checkpoints
 from tests.conftest import REPO, SMOKE, fresh_run, run_stage, smoke_config
+from tests.test_patches import needs_avx512_bf16
 from tests.test_prompts import EXAMPLES, SYSTEM
 
 # Save and log on the same steps so that a resumed run logs exactly what an uninterrupted one does.
@@ -53,6 +54,18 @@ def test_same_seed_gives_the_same_losses(curated, uninterrupted):
     run_stage("fine_tune.train", again, *SHORT_RUN)
     assert len(logged_losses(again)) >= 6
     assert_same_losses(logged_losses(uninterrupted), logged_losses(again))
+
+
+@needs_avx512_bf16
+def test_evaluations_do_not_change_what_training_learns(curated, uninterrupted):
+    """On a CPU with AVX-512 BF16, bitsandbytes would repack every 4-bit layer at the first evaluation and
+    train on through its inference kernel (tests/test_patches.py checks the rule on every machine)."""
+    run = fresh_run(curated, "no-evaluation")
+    run_stage("fine_tune.train", run, *SHORT_RUN, "--set", "train.eval_steps=1000")
+    without = [entry for entry in logged_losses(run) if entry[1] == "loss"]
+    with_evaluations = [entry for entry in logged_losses(uninterrupted) if entry[1] == "loss"]
+    assert len(without) == 6
+    assert_same_losses(with_evaluations, without)
 
 
 def test_sigkill_then_make_train_resumes_to_the_same_end(curated, uninterrupted):
@@ -179,7 +192,7 @@ def test_packed_sequences_do_not_see_each_other(packed_trainer):
 def test_scoring_only_supervised_positions_keeps_loss_and_gradients(packed_trainer, monkeypatch):
     import trl.trainer.utils as trl_utils
 
-    from fine_tune.train import score_supervised_positions_only
+    from core.patches import score_supervised_positions_only
 
     _, unpacked = packed_trainer  # padded rows with masked prompts: positions that need no scoring
     model = unpacked.model.train()

@@ -1,0 +1,91 @@
+"""Every place this project reaches into a library's internals, in one module.
+
+Each entry names the library version it was written against, why no public API does the job, and the test
+in tests/test_patches.py that fails when the library changes what it relies on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# bitsandbytes' 4-bit CPU kernel for AVX-512 BF16 (written against 0.50.2): the layout it repacks a weight
+# into puts 32 output rows side by side and keeps one scale per 64 inputs.
+CPU_REPACK_ROWS = 32
+CPU_REPACK_BLOCK = 64
+
+
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16: Intel Sapphire Rapids and later, AMD
+    Zen 4 and later). Elsewhere torch emulates bfloat16 in float32, slower than float32 itself.
+
+    torch 2.13 answers through `torch.cpu._is_avx512_bf16_supported` (what its own compiler asks); no
+    public function says it."""
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(probe and probe())
+
+
+def cpu_repack_fits(out_features: int, in_features: int) -> bool:
+    """Whether bitsandbytes' AVX-512 BF16 kernel can repack a 4-bit layer of this shape."""
+    return out_features % CPU_REPACK_ROWS == 0 and in_features % CPU_REPACK_BLOCK == 0
+
+
+def control_cpu_repack(model: Any, training: bool) -> int:
+    """Decide, for every 4-bit layer of `model`, whether bitsandbytes may repack it for its bfloat16 CPU
+    kernel; returns how many layers may.
+
+    bitsandbytes 0.50 repacks a `Linear4bit` on the first forward pass without gradients on a CPU with
+    AVX-512 BF16 (`support_avx512bf16_for_cpu and not self.training`), and never unpacks it. In training
+    that pass is the first evaluation, and from then on the layer computes through the inference kernel:
+    with bfloat16 scales and no gradient to its input, so a run that evaluates learns other weights than
+    one that does not. And the repack fails with a traceback on a layer whose sizes do not fit the kernel.
+    So training never repacks, and inference repacks exactly the layers that fit (the others keep the
+    path every CPU has)."""
+    from bitsandbytes.nn import Linear4bit
+
+    repacked = 0
+    for module in model.modules():
+        if not isinstance(module, Linear4bit):
+            continue
+        allowed = (
+            not training
+            and module.support_avx512bf16_for_cpu
+            and cpu_repack_fits(module.out_features, module.in_features)
+        )
+        module.support_avx512bf16_for_cpu = allowed
+        repacked += allowed
+    return repacked
+
+
+@contextmanager
+def score_supervised_positions_only() -> Iterator[None]:
+    """While training runs, make TRL's fused LM head score only the positions that have a label, on a CPU too.
+
+    TRL (written against 1.16) does so on Triton devices only (elsewhere a varying number of positions
+    would recompile the tiles) and has no public switch: `trl.trainer.utils._use_triton` decides. Eager CPU
+    training compiles nothing, and for a small model the LM head and its log-softmax over the vocabulary
+    cost as much as the decoder layers: scoring the prompt positions too took 35.1 s for a tiny epoch
+    instead of 25.6 s. The loss and the gradients are the same (a test checks). The library's own function
+    is put back on exit."""
+    import trl.trainer.utils as trl_utils
+
+    on_triton = getattr(trl_utils, "_use_triton", None)
+    if on_triton is None:  # another TRL: training stays correct, only slower on a CPU (a test notices)
+        log.warning("this TRL has no trl.trainer.utils._use_triton: the LM head scores every position")
+        yield
+        return
+
+    def compact(device: torch.device) -> bool:
+        return device.type == "cpu" or on_triton(device)
+
+    trl_utils._use_triton = compact
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = on_triton

@@ -1,0 +1,120 @@
+"""core/patches.py: each reach into a library's internals still finds what it relies on, and does its job.
+
+Code paths that exist on one CPU kind only run where the CPU has them and say why they were skipped
+elsewhere; the rules that decide them are checked on every machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.patches import control_cpu_repack, cpu_computes_bf16, cpu_repack_fits
+
+CPUINFO = Path("/proc/cpuinfo")
+CPU_FLAGS = (
+    set(next(line for line in CPUINFO.read_text().splitlines() if line.startswith("flags")).split())
+    if CPUINFO.is_file()
+    else set()
+)
+HAS_AVX512_BF16 = "avx512_bf16" in CPU_FLAGS
+needs_avx512_bf16 = pytest.mark.skipif(
+    not HAS_AVX512_BF16,
+    reason="this CPU has no AVX-512 BF16: bitsandbytes never repacks 4-bit layers here (the rule is checked)",
+)
+
+
+def quantized_model(*shapes: tuple[int, int]) -> torch.nn.Sequential:
+    """4-bit layers (out, in) as transformers builds them: NF4, double-quantized, float32 compute."""
+    from bitsandbytes.nn import Linear4bit
+
+    torch.manual_seed(0)
+    layers = []
+    for out_features, in_features in shapes:
+        layer = Linear4bit(in_features, out_features, False, torch.float32, quant_type="nf4")
+        layer.weight.data = torch.randn(out_features, in_features)
+        layers.append(layer)
+    model = torch.nn.Sequential(*layers)
+    for layer in model:  # quantizes on the move, as from_pretrained does
+        layer.weight = layer.weight._quantize("cpu")
+    return model
+
+
+def repacked(layer) -> bool:
+    return bool(getattr(layer.weight.quant_state, "packing_format_for_cpu", False))
+
+
+def test_the_kernel_rule():
+    assert cpu_repack_fits(128, 384) and cpu_repack_fits(32, 64)
+    assert not cpu_repack_fits(128, 352)  # the tiny profile's old down_proj: 352 inputs are 5.5 blocks
+    assert not cpu_repack_fits(80, 128)
+
+
+def test_bitsandbytes_decides_the_repack_by_the_attribute_the_patch_sets():
+    """The guard: bitsandbytes 0.50's Linear4bit reads support_avx512bf16_for_cpu in forward."""
+    import inspect
+
+    from bitsandbytes.nn import Linear4bit
+
+    layer = quantized_model((64, 64))[0]
+    assert layer.support_avx512bf16_for_cpu == HAS_AVX512_BF16
+    assert "self.support_avx512bf16_for_cpu" in inspect.getsource(Linear4bit.forward)
+
+
+def test_training_never_repacks_and_inference_only_what_fits():
+    model = quantized_model((64, 64), (64, 96))
+    assert control_cpu_repack(model, training=True) == 0
+    assert not any(layer.support_avx512bf16_for_cpu for layer in model)
+    model = quantized_model((64, 64), (64, 96))
+    assert control_cpu_repack(model, training=False) == (1 if HAS_AVX512_BF16 else 0)
+    assert not model[1].support_avx512bf16_for_cpu  # 96 inputs: not whole blocks of 64
+
+
+@needs_avx512_bf16
+def test_an_evaluation_pass_repacks_an_unpatched_layer_and_leaves_a_patched_one_as_training_uses_it():
+    model = quantized_model((64, 64))
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(2, 64))
+    assert repacked(model[0]), "bitsandbytes no longer repacks in eval: control_cpu_repack may go"
+
+    model = quantized_model((64, 64))
+    control_cpu_repack(model, training=True)
+    weights = model[0].weight.data.clone()
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(2, 64))
+    assert not repacked(model[0]) and torch.equal(model[0].weight.data, weights)
+
+
+@needs_avx512_bf16
+def test_a_layer_that_does_not_fit_would_crash_the_repack_and_is_left_alone():
+    model = quantized_model((64, 96))
+    model.eval()
+    with pytest.raises((RuntimeError, AssertionError)), torch.no_grad():
+        model(torch.randn(2, 96))
+    model = quantized_model((64, 96))
+    control_cpu_repack(model, training=False)
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 96)).shape == (2, 64)
+
+
+@pytest.mark.skipif(not CPU_FLAGS, reason="no /proc/cpuinfo to compare with")
+def test_bf16_detection_agrees_with_the_cpu_flags():
+    assert hasattr(torch.cpu, "_is_avx512_bf16_supported"), "torch moved its AVX-512 BF16 probe"
+    assert cpu_computes_bf16() == HAS_AVX512_BF16
+
+
+def test_auto_compute_dtype_is_bf16_exactly_where_the_cpu_computes_it(tmp_path):
+    from core.model import compute_dtype
+    from tests.conftest import smoke_config
+
+    expected = torch.bfloat16 if cpu_computes_bf16() and not torch.cuda.is_available() else None
+    chosen = compute_dtype(smoke_config(tmp_path))
+    if expected is not None:
+        assert chosen == expected
+    elif not torch.cuda.is_available():
+        assert chosen == torch.float32
+    assert compute_dtype(smoke_config(tmp_path, "quant.compute_dtype=float32")) == torch.float32
