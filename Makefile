@@ -27,12 +27,15 @@ NNODES ?= 1
 NODE_RANK ?= 0
 MASTER_ADDR ?=
 MASTER_PORT ?= 29500
+ROWS ?= 3
+ROW ?=
+FORMAT ?= text
 # A value typed after `make` holds anything: spaces, quotes, `$`, backticks, `;`, newlines. Make would
 # expand its `$` (even run a $(shell ...) in it) and a shell would re-parse it once written into a
 # recipe. So each becomes a simple variable holding the raw text and is exported: recipes read it only
 # as "$$NAME", and make only tests whether it is empty or 1.
 USER_VARIABLES := PYTHON CONFIG SET MODEL PROMPT PROMPTS_FILE HUB_REPO BENCH NPROC ACCELERATE_CONFIG NNODES \
-	NODE_RANK MASTER_ADDR MASTER_PORT
+	NODE_RANK MASTER_ADDR MASTER_PORT ROWS ROW FORMAT
 $(foreach name,$(USER_VARIABLES),$(eval override $(name) := $$(value $(name))))
 export $(USER_VARIABLES)
 # `--option=value`, so that a value starting with `-` is not taken for an option; SET goes whole to
@@ -58,7 +61,8 @@ MULTI_NODE_CHECK = $(if $(MASTER_ADDR),,$(error NNODES=$(NNODES) needs MASTER_AD
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help install base data train merge push push-data push-if-configured infer chat compare eval export all test bench \
+.PHONY: help install base data train merge push push-data push-if-configured infer chat inspect compare eval export all test \
+	bench bench-docs \
 	gpu-check gpu-check-wheels lint clean distclean
 
 help: ## list the targets
@@ -120,6 +124,10 @@ infer: install ## answer PROMPT="..." (streamed) or PROMPTS_FILE=path with MODEL
 chat: install ## chat with MODEL (multi-turn); /base and /tuned switch model, /clear, /quit
 	$(call STAGE,inference.chat) --model="$$MODEL"
 
+inspect: install ## the training rows as the trainer gets them (ROWS=3, ROW=i, PROMPT=..., FORMAT=text|json)
+	@$(call STAGE,fine_tune.inspect_rows) --rows="$$ROWS" --prompt="$$PROMPT" --format="$$FORMAT" \
+		$(if $(ROW),--row="$$ROW")
+
 compare: install ## base vs MODEL (default new_model), with numbers and make eval: runs/<run>/reports/
 	$(call STAGE,inference.compare) --model="$$MODEL"
 
@@ -137,6 +145,9 @@ test: install $(VENV)/.export-installed ## run the test suite (unit, ML-correctn
 # BENCH is a list of names: split on spaces, never globbed.
 bench: install ## benchmarks against seed-style baselines (BENCH=name for one): runs/bench/results.json
 	set -f; $(PY) -m benchmarks $$BENCH
+
+bench-docs: install ## write docs/benchmarks.md's table from runs/bench/results.json
+	$(PY) -m benchmarks.docs
 
 # No install: a GPU machine may have its own PyTorch and reach no registry. The .venv's Python if there is
 # one, else PYTHON (python3); what that Python lacks comes from the wheels of gpu-check-wheels.

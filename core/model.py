@@ -142,6 +142,19 @@ def load_tokenizer(
     return tokenizer
 
 
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """The ids a rendered prompt reaches a model as (infer, chat, compare, eval, make inspect PROMPT=)."""
+    return tokenizer(prompt)["input_ids"]
+
+
+def answer_ids(tokenizer, prompt: str, completion: str) -> tuple[list[int], int]:
+    """BOS + prompt + completion + EOS as training sees a row, and where the answer starts (the length of
+    prompt_ids): what the teacher-forced losses of compare and export's check score."""
+    return tokenizer(prompt + completion)["input_ids"] + [tokenizer.eos_token_id], len(
+        prompt_ids(tokenizer, prompt)
+    )
+
+
 def base_tokenizer(config: Config):
     """The run's base tokenizer in the run's chat format, as training sees it."""
     base, revision = resolve_base(config), config.model.revision

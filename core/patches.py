@@ -89,3 +89,32 @@ def score_supervised_positions_only() -> Iterator[None]:
         yield
     finally:
         trl_utils._use_triton = on_triton
+
+
+def sft_training_rows(dataset: Any, tokenizer: Any, args: Any) -> Any:
+    """The training split as SFTTrainer prepares it (tokenized, EOS appended, the completion mask, packed or
+    truncated), without building a trainer, hence without a model.
+
+    TRL (written against 1.16) does this in `SFTTrainer._prepare_dataset`, a method with no public
+    equivalent; it reads only `_tokenizer`, `chat_template` (None unless assistant_only_loss) and
+    `completion_only_loss` of the trainer. `make inspect` calls it on a stand-in with those three, and a
+    test checks its rows against a real trainer's."""
+    from types import SimpleNamespace
+
+    from trl import SFTTrainer
+
+    completion_only = True if args.completion_only_loss is None else args.completion_only_loss
+    stand_in = SimpleNamespace(_tokenizer=tokenizer, chat_template=None, completion_only_loss=completion_only)
+    return SFTTrainer._prepare_dataset(stand_in, dataset, tokenizer, args, args.packing, None, "train")
+
+
+def sft_collator(tokenizer: Any, args: Any) -> Any:
+    """The data collator SFTTrainer builds for text rows (TRL 1.16: padding-free when packing with BFD)."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    padding_free = args.padding_free or (args.packing and args.packing_strategy in {"bfd", "bfd_split"})
+    return DataCollatorForLanguageModeling(
+        pad_token_id=tokenizer.pad_token_id,
+        padding_free=padding_free,
+        pad_to_multiple_of=args.pad_to_multiple_of,
+    )

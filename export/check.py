@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from core.config import Config
-from core.model import chat_format, device_map, model_dtype
+from core.model import answer_ids, chat_format, device_map, model_dtype
 from core.prompts import ChatFormat
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,7 @@ class Example:
 
 
 def example(tokenizer, prompt: str, completion: str) -> Example:
-    prompt_ids = tokenizer(prompt)["input_ids"]
-    return Example(tokenizer(prompt + completion)["input_ids"] + [tokenizer.eos_token_id], len(prompt_ids))
+    return Example(*answer_ids(tokenizer, prompt, completion))
 
 
 def answer_nll(logits: np.ndarray, ids: Sequence[int], start: int) -> np.ndarray:

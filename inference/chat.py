@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from core.cli import run_stage, stage_parser
 from core.config import Config, InferenceConfig
 from core.errors import UserError
-from core.model import chat_format
+from core.model import chat_format, prompt_ids
 from inference.generate import (
     add_model_option,
     context_length,
@@ -40,7 +40,7 @@ def fitted_prompt(
     many were dropped."""
     for dropped in range(len(history) + 1):
         prompt = chat_format(tokenizer).prompt(user, system, history[dropped:])
-        tokens = len(tokenizer(prompt)["input_ids"])
+        tokens = len(prompt_ids(tokenizer, prompt))
         if tokens <= context - settings.max_new_tokens:
             return prompt, dropped
     raise too_long("your message", tokens, context, settings)

@@ -29,6 +29,7 @@ from core.model import (
     embedded_base_dir,
     load_tokenizer,
     model_dtype,
+    prompt_ids,
     quantization_config,
     resolve_base,
 )
@@ -245,7 +246,7 @@ def check_prompts_fit(config: Config, source: ModelSource, prompts: Sequence[tup
     context = context_length(config, source)
     tokenizer = load_model_tokenizer(config, source)
     for where, prompt in prompts:
-        tokens = len(tokenizer(prompt)["input_ids"])
+        tokens = len(prompt_ids(tokenizer, prompt))
         if tokens > context - config.inference.max_new_tokens:
             raise too_long(where, tokens, context, config.inference)
 
@@ -361,7 +362,7 @@ def generate_ids(
     options = decoding_options(settings, tokenizer)
     if stop_strings:
         options.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
-    encoded = [tokenizer(prompt)["input_ids"] for prompt in prompts]
+    encoded = [prompt_ids(tokenizer, prompt) for prompt in prompts]
     order = sorted(range(len(prompts)), key=lambda index: len(encoded[index]))
     generated: dict[int, list[int]] = {}
     for start in range(0, len(order), settings.batch_size):

@@ -12,6 +12,7 @@ from functools import cache
 
 import torch
 
+from core.model import answer_ids
 from core.syntax import parses
 from inference.generate import Answer
 
@@ -23,9 +24,8 @@ PYTHON_LANGUAGES = {"", "python", "py", "python3", "py3"}  # untagged blocks cou
 
 def completion_labels(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
     """Token ids of BOS + prompt + completion + EOS, and labels that keep only the completion and EOS."""
-    prompt_ids = tokenizer(prompt)["input_ids"]
-    input_ids = tokenizer(prompt + completion)["input_ids"] + [tokenizer.eos_token_id]
-    return input_ids, [-100] * len(prompt_ids) + input_ids[len(prompt_ids) :]
+    input_ids, start = answer_ids(tokenizer, prompt, completion)
+    return input_ids, [-100] * start + input_ids[start:]
 
 
 def summed_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
