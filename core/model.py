@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 from core.config import Config, EmbeddedBaseConfig
 from core.errors import UserError
-from core.prompts import LLAMA2_CHAT_TEMPLATE, ChatFormat, Llama2Format, template_format
+from core.prompts import (
+    LLAMA2_CHAT_TEMPLATE,
+    ChatFormat,
+    Llama2Format,
+    Rendered,
+    as_rendered,
+    template_format,
+)
+from core.tokens import encode, encode_batch
 
 if TYPE_CHECKING:  # torch is imported where it is used: curation resolves the base without it
     import torch
@@ -142,17 +150,29 @@ def load_tokenizer(
     return tokenizer
 
 
-def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """The ids a rendered prompt reaches a model as (infer, chat, compare, eval, make inspect PROMPT=)."""
-    return tokenizer(prompt)["input_ids"]
+def prompt_ids(tokenizer, prompt: Rendered | str) -> list[int]:
+    """The ids a prompt reaches a model as (infer, chat, compare, eval, make inspect PROMPT=): BOS, then the
+    prompt with only its format's control tokens as controls (core/tokens.py); a plain string is all text."""
+    return encode(tokenizer, prompt)
 
 
-def answer_ids(tokenizer, prompt: str, completion: str) -> tuple[list[int], int]:
-    """BOS + prompt + completion + EOS as training sees a row, and where the answer starts (the length of
-    prompt_ids): what the teacher-forced losses of compare and export's check score."""
-    return tokenizer(prompt + completion)["input_ids"] + [tokenizer.eos_token_id], len(
-        prompt_ids(tokenizer, prompt)
-    )
+def answer_ids(tokenizer, prompt: Rendered | str, completion: Rendered | str) -> tuple[list[int], int]:
+    """BOS + prompt + completion + EOS as training sees a row, and where the answer starts: where the ids of
+    the prompt alone and of prompt + completion part (a piece may span the boundary), as TRL counts it."""
+    return answer_ids_batch(tokenizer, [(prompt, completion)])[0]
+
+
+def answer_ids_batch(
+    tokenizer, rows: list[tuple[Rendered | str, Rendered | str]]
+) -> list[tuple[list[int], int]]:
+    """answer_ids of many rows, encoded in one batch."""
+    items = [item for prompt, completion in rows for item in (prompt, as_rendered(prompt) + completion)]
+    encoded = encode_batch(tokenizer, items)
+    result = []
+    for alone, whole in zip(encoded[::2], encoded[1::2], strict=True):
+        start = next((i for i, (a, b) in enumerate(zip(alone, whole, strict=False)) if a != b), len(alone))
+        result.append(([*whole, tokenizer.eos_token_id], min(start, len(whole))))
+    return result
 
 
 def base_tokenizer(config: Config):

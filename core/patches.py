@@ -92,8 +92,8 @@ def score_supervised_positions_only() -> Iterator[None]:
 
 
 def sft_training_rows(dataset: Any, tokenizer: Any, args: Any) -> Any:
-    """The training split as SFTTrainer prepares it (tokenized, EOS appended, the completion mask, packed or
-    truncated), without building a trainer, hence without a model.
+    """The training split as SFTTrainer prepares it (labels from the completion mask, packed or truncated),
+    without building a trainer, hence without a model.
 
     TRL (written against 1.16) does this in `SFTTrainer._prepare_dataset`, a method with no public
     equivalent; it reads only `_tokenizer`, `chat_template` (None unless assistant_only_loss) and

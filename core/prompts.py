@@ -15,20 +15,95 @@ The Llama-2 chat format:
 This is the format of Meta's reference code (`llama/generation.py`, `chat_completion`) and of the official
 chat template shipped with meta-llama/Llama-2-7b-chat-hf, which LLAMA2_CHAT_TEMPLATE is verbatim: a
 closed turn ends with the answer, one space, then EOS. `<s>` and `</s>` are the tokenizer's BOS and EOS:
-the tokenizer adds the first BOS when it encodes, and the trainer appends EOS to the completion, so
-neither is written into a prompt or a completion here (a literal `<s>` would give a double BOS).
+the tokenizer adds the first BOS when it encodes, and EOS is appended to the completion as an id, so
+neither is written into a single-turn prompt or a completion here.
+
+Text is always text: a question that mentions `</s>` or `<|eot_id|>` must reach the model as those
+characters, never as the control token. So a format renders a `Rendered`: the text, and where in it the
+format itself wrote a control token (a chat's closed turns, a template's headers). core/tokens.py encodes
+exactly those spans as control ids and everything else as text.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import ClassVar
 
 from core.errors import UserError
 
 B_INST, E_INST = "[INST]", "[/INST]"
 B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Text in a chat format, and the (start, end) character spans where the format wrote a control token
+    (BOS, EOS, a template's special tokens). Every other character is text, even where it spells one."""
+
+    text: str
+    controls: tuple[tuple[int, int], ...] = ()
+
+    def __add__(self, other: Rendered | str) -> Rendered:
+        other = as_rendered(other)
+        shift = len(self.text)
+        moved = tuple((start + shift, end + shift) for start, end in other.controls)
+        return Rendered(self.text + other.text, self.controls + moved)
+
+    def sliced(self, start: int, end: int | None = None) -> Rendered:
+        """The text[start:end], with the control spans that lie wholly inside it."""
+        end = len(self.text) if end is None else end
+        kept = tuple((a - start, b - start) for a, b in self.controls if start <= a and b <= end)
+        return Rendered(self.text[start:end], kept)
+
+
+def curated_row(
+    prompt: str, completion: str, controls: Sequence[Sequence[int]] | None
+) -> tuple[Rendered, Rendered]:
+    """A curated row's prompt and completion with the control tokens its format wrote (the row's `controls`
+    column: [start, end] spans over prompt + completion)."""
+    whole = Rendered(prompt + completion, tuple((start, end) for start, end in controls or ()))
+    return whole.sliced(0, len(prompt)), whole.sliced(len(prompt))
+
+
+def as_rendered(value: Rendered | str) -> Rendered:
+    """A plain string is text only: nothing in it is a control token."""
+    return value if isinstance(value, Rendered) else Rendered(value)
+
+
+def control(token: str) -> Rendered:
+    return Rendered(token, ((0, len(token)),))
+
+
+def render_llama2(
+    user: str,
+    system: str | None = None,
+    history: Sequence[tuple[str, str]] = (),
+    eos_token: str = "</s>",
+    bos_token: str = "<s>",
+) -> Rendered:
+    """The prompt up to and including the final `[/INST]`, without the leading BOS.
+
+    `history` holds earlier (user, answer) turns of a chat; each closed turn ends with the answer, a space
+    and EOS, and the next opens with BOS (control tokens, written by the format). The system prompt goes
+    into the first user turn, and the turn is stripped as a whole, as Meta's code and template do. A blank
+    system prompt means none: the conversation has no system message (the official template would render
+    an empty `<<SYS>>` block).
+    """
+    rendered = Rendered("")
+    for index, (turn_user, turn_answer) in enumerate([*history, (user, None)]):
+        content = turn_user
+        if index == 0 and system and system.strip():
+            content = B_SYS + system + E_SYS + content
+        if index:
+            rendered += control(bos_token)
+        rendered += f"{B_INST} {content.strip()} {E_INST}"
+        if turn_answer is not None:
+            rendered += render_completion(turn_answer)
+            rendered += control(eos_token)
+    return rendered
 
 
 def render_prompt(
@@ -38,24 +113,8 @@ def render_prompt(
     eos_token: str = "</s>",
     bos_token: str = "<s>",
 ) -> str:
-    """The prompt text up to and including the final `[/INST]`, without the leading BOS.
-
-    `history` holds earlier (user, answer) turns of a chat; each closed turn ends with the answer, a space
-    and EOS, and the next opens with BOS. The system prompt goes into the first user turn, and the turn
-    is stripped as a whole, as Meta's code and template do. A blank system prompt means none: the
-    conversation has no system message (the official template would render an empty `<<SYS>>` block).
-    """
-    turns = [*history, (user, None)]
-    parts = []
-    for index, (turn_user, turn_answer) in enumerate(turns):
-        content = turn_user
-        if index == 0 and system and system.strip():
-            content = B_SYS + system + E_SYS + content
-        opening = "" if index == 0 else bos_token
-        parts.append(f"{opening}{B_INST} {content.strip()} {E_INST}")
-        if turn_answer is not None:
-            parts.append(render_completion(turn_answer) + eos_token)
-    return "".join(parts)
+    """render_llama2's text."""
+    return render_llama2(user, system, history, eos_token, bos_token).text
 
 
 def render_completion(answer: str) -> str:
@@ -102,8 +161,16 @@ class Llama2Format:
     def end_of_answer(self) -> str:
         return self.eos_token
 
+    def rendered_prompt(
+        self, user: str, system: str | None = None, history: Sequence[tuple[str, str]] = ()
+    ) -> Rendered:
+        return render_llama2(user, system, history, eos_token=self.eos_token, bos_token=self.bos_token)
+
+    def rendered_completion(self, answer: str) -> Rendered:
+        return Rendered(render_completion(answer))
+
     def prompt(self, user: str, system: str | None = None, history: Sequence[tuple[str, str]] = ()) -> str:
-        return render_prompt(user, system, history, eos_token=self.eos_token, bos_token=self.bos_token)
+        return self.rendered_prompt(user, system, history).text
 
     def completion(self, answer: str) -> str:
         return render_completion(answer)
@@ -132,21 +199,73 @@ class TemplateFormat:
     bos_token: str | None
     end_of_answer: str
     bos_written: str = ""
+    special_tokens: tuple[str, ...] = ()  # the tokenizer's: where the template writes one, it is a control
 
     def render(self, conversation: list[dict], add_generation_prompt: bool) -> str:
         return render_template(
             self.template, conversation, add_generation_prompt, self.bos_token, self.end_of_answer
         )
 
-    def prompt(self, user: str, system: str | None = None, history: Sequence[tuple[str, str]] = ()) -> str:
-        return self.render(messages(user, system, history), True).removeprefix(self.bos_written)
+    def rendered(self, conversation: list[dict], add_generation_prompt: bool) -> Rendered:
+        """The template's text, with the special tokens the template itself wrote as controls: it is rendered
+        once more with each message's content replaced by a marker, so that what lies between the markers is
+        the template's and what takes their place is the message's text."""
+        text = self.render(conversation, add_generation_prompt)
+        marked = [{**message, "content": _MARKER.format(i)} for i, message in enumerate(conversation)]
+        skeleton = _MARKER_PATTERN.split(self.render(marked, add_generation_prompt))
+        for written in (lambda content: content, str.strip):  # how the template wrote the content
+            rebuilt = Rendered("")
+            for index, part in enumerate(skeleton):
+                if index % 2:
+                    rebuilt += written(conversation[int(part)]["content"])
+                else:
+                    rebuilt += controls_in(part, self.special_tokens)
+            if rebuilt.text == text:
+                return rebuilt
+        raise UserError(
+            "the base tokenizer's chat template changes the messages' text beyond stripping it, so their "
+            "text cannot be told from its own control tokens: use data.prompt_format: llama2"
+        )
 
-    def completion(self, answer: str) -> str:
+    def rendered_prompt(
+        self, user: str, system: str | None = None, history: Sequence[tuple[str, str]] = ()
+    ) -> Rendered:
+        return self.rendered(messages(user, system, history), True).sliced(len(self.bos_written))
+
+    def rendered_completion(self, answer: str) -> Rendered:
         """What the template writes after the generation prompt for this answer, without end_of_answer."""
         turn = [{"role": "user", "content": "?"}]
         opened = self.render(turn, True)
-        closed = self.render([*turn, {"role": "assistant", "content": answer}], False)
-        return closed[len(opened) :].rstrip().removesuffix(self.end_of_answer)
+        closed = self.rendered([*turn, {"role": "assistant", "content": answer}], False)
+        ending = closed.text.rstrip()
+        if ending.endswith(self.end_of_answer):
+            ending = ending[: -len(self.end_of_answer)]
+        return closed.sliced(len(opened), len(ending))
+
+    def prompt(self, user: str, system: str | None = None, history: Sequence[tuple[str, str]] = ()) -> str:
+        return self.rendered_prompt(user, system, history).text
+
+    def completion(self, answer: str) -> str:
+        return self.rendered_completion(answer).text
+
+
+# A message's place in a rendered template: private-use characters, which no template writes.
+_MARKER = "\ue000{}\ue001"
+_MARKER_PATTERN = re.compile("\ue000(\\d+)\ue001")
+
+
+def controls_in(text: str, special_tokens: Collection[str]) -> Rendered:
+    """Text a format wrote itself, each special token in it a control (the longest first, where two start
+    at the same place)."""
+    if not special_tokens:
+        return Rendered(text)
+    pattern = special_token_pattern(tuple(special_tokens))
+    return Rendered(text, tuple(match.span() for match in pattern.finditer(text)))
+
+
+@cache
+def special_token_pattern(special_tokens: tuple[str, ...]) -> re.Pattern:
+    return re.compile("|".join(re.escape(token) for token in sorted(special_tokens, key=len, reverse=True)))
 
 
 def render_template(
@@ -200,7 +319,7 @@ def template_format(
             "model could not learn where to stop: use data.prompt_format: llama2"
         )
     written = bos_token if adds_bos and bos_token and opened.startswith(bos_token) else ""
-    return TemplateFormat(template, bos_token, end, written)
+    return TemplateFormat(template, bos_token, end, written, tuple(special_tokens))
 
 
 ChatFormat = Llama2Format | TemplateFormat

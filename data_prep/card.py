@@ -91,6 +91,13 @@ def kept(config: Config, stats: CurationStats) -> str:
     )
 
 
+def special_text(stats: CurationStats) -> str:
+    return (
+        f"{stats.special_token_text} rows spell a special token of the tokenizer (such as `</s>`) in their "
+        "text; it stays text, never the control token"
+    )
+
+
 def token_lengths(config: Config, stats: CurationStats) -> str:
     lengths = stats.token_lengths
     counted = f"all {lengths['of_rows']} kept rows"
@@ -145,7 +152,9 @@ def dataset_card(config: Config, stats: CurationStats) -> str:
         f"# {config.run.name}: Llama-2 prompt/completion dataset\n",
         "Each row holds a `prompt` in the Llama-2 chat format (`[INST] <<SYS>> ... <</SYS>> ... [/INST]`, "
         "without the BOS, which the tokenizer adds) and a `completion` (the answer; the trainer appends "
-        "EOS), plus provenance columns `source`, `source_id` (the Stack Overflow question Id, or the "
+        "EOS), `controls` (the [start, end] character spans of prompt + completion where the format wrote a "
+        "control token: none in single-turn Llama-2 rows; everything else is text, even `</s>`), plus "
+        "provenance columns `source`, `source_id` (the Stack Overflow question Id, or the "
         "Alpaca record's position from 1), `question_score` and `answer_score` (Stack Overflow only).\n",
         f"System prompt: `{config.data.system_prompt}`\n",
         "## Splits\n",
@@ -161,6 +170,7 @@ def dataset_card(config: Config, stats: CurationStats) -> str:
         *[f"- {rule} ({descriptions[rule]}): {removed(stats, rule)}" for rule in stats.rules],
         "",
         f"Token lengths: {token_lengths(config, stats)}.\n",
+        f"Special-token text: {special_text(stats)}.\n",
     ]
     lines += overlap_section(config, stats)
     if "stackoverflow" in sources:
@@ -177,6 +187,7 @@ def summary(config: Config, stats: CurationStats, where: str) -> str:
         ("kept", [kept(config, stats)]),
         ("split", [f"train {stats.train_rows}, validation {stats.validation_rows} (seed {config.run.seed})"]),
         ("tokens", [token_lengths(config, stats)]),
+        ("specials", [special_text(stats)]),
         *[("warning", [warning]) for warning in stats.warnings],
         ("written", [where]),
     ]

@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from core.config import Config
 from core.errors import UserError
-from core.prompts import ChatFormat, without_system
+from core.prompts import ChatFormat, Rendered, controls_in, without_system
 from data_prep import alpaca, stackoverflow
 from data_prep.progress import Progress
 from data_prep.rows import (
@@ -41,6 +41,7 @@ from data_prep.rows import (
     RowSettings,
     TokenCounter,
     prepare_batch,
+    row_text,
 )
 from data_prep.rules import DUPLICATE, TOO_LONG, active_rules
 from data_prep.workers import worker_map
@@ -62,6 +63,7 @@ class CurationStats:
     train_rows: int = 0
     validation_rows: int = 0
     token_lengths: dict[str, int] = field(default_factory=dict)
+    special_token_text: int = 0  # rows whose text spells a special token (`</s>`, `<|eot_id|>`), kept as text
     # validation rows that share a run of n-grams with a training row: validation_row, training_row, tokens
     overlaps: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -177,13 +179,14 @@ class RowsFile:
         self.batches = self.dataset.data.to_batches()
         self.starts = [0, *accumulate(batch.num_rows for batch in self.batches)]
 
-    def texts(self, indices: list[int]) -> list[str]:
-        """prompt + completion of each row: the text whose tokens training sees."""
+    def texts(self, indices: list[int]) -> list[Rendered]:
+        """prompt + completion of each row, with its format's control tokens: what training encodes."""
         texts = []
         for index in indices:
             number = bisect_right(self.starts, index) - 1
             batch, row = self.batches[number], index - self.starts[number]
-            texts.append(batch["prompt"][row].as_py() + batch["completion"][row].as_py())
+            columns = ("prompt", "completion", "controls")
+            texts.append(row_text({name: batch[name][row].as_py() for name in columns}))
         return texts
 
 
@@ -269,6 +272,19 @@ def token_lengths(lengths: list[int], rows: int, max_length: int) -> dict[str, i
     return {"counted_rows": len(ordered), "of_rows": rows, **at, "max": ordered[-1], "over_max_length": over}
 
 
+def rows_with_special_token_text(rows: RowsFile, indices: list[int], special_tokens: list[str]) -> int:
+    """How many of the rows hold a special token's text outside their format's own control tokens: text that
+    a plain tokenizer call would have turned into control ids, kept as text here."""
+    if not special_tokens:
+        return 0
+    count = 0
+    for start in range(0, len(indices), BATCH_SIZE):
+        for text in rows.texts(indices[start : start + BATCH_SIZE]):
+            written = controls_in(text.text, special_tokens).controls
+            count += bool(set(written) - set(text.controls))
+    return count
+
+
 def note_overlaps(
     config: Config, rows: RowsFile, validation: list[int], train: list[int], stats: CurationStats
 ) -> None:
@@ -279,10 +295,11 @@ def note_overlaps(
     def contents(indices: list[int]) -> Iterator[str]:
         for start in range(0, len(indices), BATCH_SIZE):
             yield from (
-                without_system(text, system) for text in rows.texts(indices[start : start + BATCH_SIZE])
+                without_system(text.text, system) for text in rows.texts(indices[start : start + BATCH_SIZE])
             )
 
-    overlaps = find_overlaps(list(contents(validation)), contents(train), config.eval.ngram)
+    progress = Progress("overlap check:", f"of {len(train):,} training rows")
+    overlaps = find_overlaps(list(contents(validation)), contents(train), config.eval.ngram, progress.add)
     stats.overlaps = [
         {"validation_row": o.probe, "training_row": o.row, "tokens": o.tokens, "text": o.text[:200]}
         for o in overlaps
@@ -321,6 +338,7 @@ def curate(config: Config, count_tokens: TokenCounter, chat: ChatFormat, folder:
         DatasetDict(splits).save_to_disk(str(folder / "data"))
         note_overlaps(config, rows, validation, train, stats)
     lengths = lengths or counted.result()
+    stats.special_token_text = rows_with_special_token_text(rows, shuffled, count_tokens.special_tokens)
     stats.token_lengths = token_lengths(lengths, len(shuffled), config.train.max_length)
     stats.read = {source: asdict(read) for source, read in stats.read.items()}
     rows_file.unlink()

@@ -16,7 +16,8 @@ import pyarrow as pa
 from tokenizers import Tokenizer
 
 from core.errors import UserError
-from core.prompts import ChatFormat, Llama2Format
+from core.prompts import ChatFormat, Llama2Format, Rendered, curated_row
+from core.tokens import encode_batch
 from data_prep.html import html_to_markdown
 from data_prep.rules import EMPTY, NO_CODE_BLOCK
 
@@ -31,6 +32,9 @@ ROW_SCHEMA = pa.schema(
         ("source_id", pa.string()),
         ("question_score", pa.int64()),
         ("answer_score", pa.int64()),
+        # [start, end] of each control token the format wrote into prompt + completion (a chat template's
+        # headers; none in Llama-2's single-turn rows): the rest is text, whatever it spells (core/tokens.py)
+        ("controls", pa.list_(pa.list_(pa.int32()))),
     ]
 )
 
@@ -107,9 +111,12 @@ def failed_rule(user: str, answer: str, settings: RowSettings) -> str | None:
 
 
 def render_row(example: Example, user: str, answer: str, settings: RowSettings) -> dict[str, Any]:
+    prompt = settings.chat.rendered_prompt(user, settings.system_prompt)
+    completion = settings.chat.rendered_completion(answer)
     return {
-        "prompt": settings.chat.prompt(user, settings.system_prompt),
-        "completion": settings.chat.completion(answer),
+        "prompt": prompt.text,
+        "completion": completion.text,
+        "controls": [list(span) for span in (prompt + completion).controls],
         "source": example.source,
         "source_id": example.source_id,
         "question_score": example.question_score,
@@ -117,16 +124,26 @@ def render_row(example: Example, user: str, answer: str, settings: RowSettings) 
     }
 
 
+def row_text(row: dict[str, Any]) -> Rendered:
+    """A curated row's prompt + completion, with the control tokens its format wrote."""
+    prompt, completion = curated_row(row["prompt"], row["completion"], row.get("controls"))
+    return prompt + completion
+
+
 class TokenCounter:
     """Tokens of training sequences (BOS, prompt, completion, then the EOS the trainer appends), counted
-    by the run's fast tokenizer's Rust backend. It pickles as the backend's JSON, so a worker needs only
-    the `tokenizers` library."""
+    by the run's fast tokenizer's Rust backend as training encodes them (core/tokens.py). It pickles as
+    the backend's JSON, so a worker needs only the `tokenizers` library."""
 
     def __init__(self, backend: Tokenizer) -> None:
         self._backend = backend
 
-    def __call__(self, texts: list[str]) -> list[int]:
-        return [len(encoding.ids) + 1 for encoding in self._backend.encode_batch_fast(texts)]
+    def __call__(self, texts: list[Rendered]) -> list[int]:
+        return [len(ids) + 1 for ids in encode_batch(self._backend, texts)]
+
+    @property
+    def special_tokens(self) -> list[str]:
+        return [token.content for token in self._backend.get_added_tokens_decoder().values() if token.special]
 
     def __getstate__(self) -> str:
         return self._backend.to_str()

@@ -29,7 +29,7 @@ import torch
 
 from core.config import Config
 from core.model import answer_ids, chat_format, device_map, model_dtype
-from core.prompts import ChatFormat
+from core.prompts import ChatFormat, Rendered, curated_row
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Example:
         return self.ids[: self.start]
 
 
-def example(tokenizer, prompt: str, completion: str) -> Example:
+def example(tokenizer, prompt: Rendered | str, completion: Rendered | str) -> Example:
     return Example(*answer_ids(tokenizer, prompt, completion))
 
 
@@ -249,7 +249,10 @@ def check_export(
 
     sixteen, *quantized = files
     compared = rows[: config.inference.compare_examples]
-    examples = [example(tokenizer, row["prompt"], row["completion"]) for row in compared]
+    examples = [
+        example(tokenizer, *curated_row(row["prompt"], row["completion"], row.get("controls")))
+        for row in compared
+    ]
     model = AutoModelForCausalLM.from_pretrained(merged, dtype=model_dtype(), device_map=device_map())
     model.eval()
     threads = 1 if model.num_parameters() < SMALL_MODEL_PARAMETERS else os.cpu_count() or 1

@@ -1,7 +1,8 @@
 """`make inspect`: the training rows exactly as the trainer receives them, token by token, or a prompt's ids.
 
-Each row of the training split after SFTTrainer's own preparation (tokenized, EOS appended, packed into
-`train.max_length` bins or truncated), through its own collator: every token with its id, whether it is in
+Each row of the training split tokenized as training tokenizes it (fine_tune/train.py's tokenized_rows: the
+data's text stays text), after SFTTrainer's own preparation (packed into `train.max_length` bins or
+truncated) and through its own collator: every token with its id, whether it is in
 the loss, and where each packed example starts. `--format json` prints one object per row with the
 collated `input_ids`, `labels` (-100 where a token is not in the loss) and `position_ids` (0 where an
 example starts). `--prompt` shows instead the ids `make infer` sends for that prompt. It reads the curated
@@ -24,7 +25,7 @@ from core.errors import UserError
 from core.model import base_tokenizer, prompt_ids
 from core.patches import sft_collator, sft_training_rows
 from core.runs import RunPaths, require
-from fine_tune.train import sft_config
+from fine_tune.train import sft_config, tokenized_rows
 
 GREEN, DIM, BOLD, RESET = "\033[32m", "\033[2m", "\033[1m", "\033[0m"
 
@@ -39,7 +40,8 @@ def collated_rows(config: Config, indices: list[int] | None, count: int) -> Iter
     tokenizer = base_tokenizer(config)
     with tempfile.TemporaryDirectory() as scratch:  # SFTConfig wants an output folder; nothing is written
         args = sft_config(config, scratch)
-    rows = sft_training_rows(load_from_disk(str(paths.dataset / "data"))["train"], tokenizer, args)
+    tokenized = tokenized_rows(load_from_disk(str(paths.dataset / "data")), tokenizer)
+    rows = sft_training_rows(tokenized["train"], tokenizer, args)
     for index in indices if indices is not None else range(min(count, len(rows))):
         if not 0 <= index < len(rows):
             raise UserError(

@@ -25,7 +25,8 @@ import torch
 from core.cli import run_stage, stage_parser
 from core.config import Config
 from core.errors import UserError
-from core.model import chat_format, load_model_config, load_tokenizer, resolve_base
+from core.model import answer_ids_batch, chat_format, load_model_config, load_tokenizer, resolve_base
+from core.prompts import curated_row
 from core.runs import RunPaths, atomic_dir, require, run_folder_lock, write_json_atomic
 from fine_tune.card import base_hub_id, model_card
 from fine_tune.report import peak_rss_mb
@@ -54,11 +55,14 @@ def check_inputs(config: Config, tokenizer, count: int = 4) -> dict[str, torch.T
         from datasets import load_from_disk
 
         rows = load_from_disk(str(dataset_dir))["validation"].select(range(count))
-        texts = [row["prompt"] + row["completion"] for row in rows]
+        pairs = [curated_row(row["prompt"], row["completion"], row.get("controls")) for row in rows]
     else:
         chat = chat_format(tokenizer)
-        texts = [chat.prompt("How do I reverse a list?") + chat.completion("Use `items[::-1]`.")]
-    return tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=256)
+        pairs = [
+            (chat.rendered_prompt("How do I reverse a list?"), chat.rendered_completion("Use `items[::-1]`."))
+        ]
+    ids = [row_ids[:256] for row_ids, _ in answer_ids_batch(tokenizer, pairs)]
+    return tokenizer.pad({"input_ids": ids}, return_tensors="pt")
 
 
 @torch.no_grad()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -33,6 +35,7 @@ from core.model import (
     resolve_base,
 )
 from core.patches import control_cpu_repack, score_supervised_positions_only
+from core.prompts import curated_row
 from core.runs import RunPaths, atomic_dir, require, run_folder_lock, write_json_atomic
 from fine_tune.report import batch_statistics, peak_cuda_mb, peak_rss_mb, plot_loss_curve
 from fine_tune.resume import (
@@ -202,18 +205,27 @@ def build_trainer(config: Config, paths: RunPaths, fingerprint: dict[str, Any]):
         # One process has nobody to share with: tokenized copies go to temporary files.
         disable_caching()
         source = paths.dataset / "data"
-    dataset = load_from_disk(str(source))
     set_seed(config.run.seed)
     base = resolve_base(config)
     tokenizer = base_tokenizer(config)
+    args = sft_config(config, paths.checkpoints)
+    # The main process tokenizes first, then each machine's (as TRL prepares): the others read their cache.
+    with (
+        counting_dataset_steps() as steps,
+        args.main_process_first(local=False, desc="tokenizing"),
+        args.main_process_first(local=True, desc="tokenizing"),
+    ):
+        key = hashlib.sha256(
+            json.dumps([fingerprint["dataset"], fingerprint["settings"]]).encode()
+        ).hexdigest()
+        dataset = tokenized_rows(load_from_disk(str(source)), tokenizer, key[:16])
     model = load_quantized_model(config, base)
     tensorboard = TensorBoardCallback()
     tensorboard.logging_dir = str(paths.logs)  # else the evaluation after training logs to checkpoints/runs
     callbacks = [tensorboard, save_fingerprint_callback(fingerprint)]
     if config.train.early_stopping_patience and config.train.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.train.early_stopping_patience))
-    args = sft_config(config, paths.checkpoints)
-    with counting_dataset_steps() as steps:
+    with counting_dataset_steps() as preparing:
         trainer = resumable_trainer(SFTTrainer)(
             model=model,
             args=args,
@@ -224,8 +236,43 @@ def build_trainer(config: Config, paths: RunPaths, fingerprint: dict[str, Any]):
         )
     adapters_in_compute_precision(trainer.model, compute_dtype(config))
     if several_processes:
+        steps.computed, steps.read = steps.computed + preparing.computed, steps.read + preparing.read
         report_preparation(steps, source, args.process_index, args.world_size)
     return trainer
+
+
+def tokenized_rows(dataset: Any, tokenizer: Any, cache_key: str | None = None) -> Any:
+    """Each split's rows as ids: BOS, prompt, completion and EOS (core/model.answer_ids: the data's text stays
+    text, only the format's control tokens are controls) and `completion_mask`, which SFTTrainer takes as
+    they are: it tokenizes text itself with special-token matching on, turning an answer's `</s>` into EOS.
+    `cache_key` names the result in the datasets cache, the same in every process of a run, so that the
+    others read what the main process wrote (a fingerprint of the function would hash the tokenizer)."""
+    from datasets import DatasetDict
+
+    from core.model import answer_ids_batch
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        controls = batch.get("controls") or [None] * len(batch["prompt"])
+        rows = [curated_row(*row) for row in zip(batch["prompt"], batch["completion"], controls, strict=True)]
+        encoded = answer_ids_batch(tokenizer, rows)
+        return {
+            "input_ids": [ids for ids, _ in encoded],
+            "completion_mask": [[0] * start + [1] * (len(ids) - start) for ids, start in encoded],
+        }
+
+    def mapped(split: Any, name: str) -> Any:
+        fingerprint = f"tokenized-{cache_key}-{name}" if cache_key else None
+        return split.map(
+            encode,
+            batched=True,
+            remove_columns=split.column_names,
+            new_fingerprint=fingerprint,
+            desc="Tokenizing",
+        )
+
+    if isinstance(dataset, DatasetDict):
+        return DatasetDict({name: mapped(split, name) for name, split in dataset.items()})
+    return mapped(dataset, "rows")
 
 
 def adapters_in_compute_precision(model: Any, dtype: torch.dtype) -> None:

@@ -16,6 +16,7 @@ from core.cli import run_stage, stage_parser
 from core.config import Config, InferenceConfig
 from core.errors import UserError
 from core.model import chat_format, prompt_ids
+from core.prompts import Rendered
 from inference.generate import (
     add_model_option,
     context_length,
@@ -35,11 +36,11 @@ def fitted_prompt(
     history: Sequence[tuple[str, str]],
     context: int,
     settings: InferenceConfig,
-) -> tuple[str, int]:
+) -> tuple[Rendered, int]:
     """The rendered prompt with as many recent turns as leave room for the answer in the context, and how
     many were dropped."""
     for dropped in range(len(history) + 1):
-        prompt = chat_format(tokenizer).prompt(user, system, history[dropped:])
+        prompt = chat_format(tokenizer).rendered_prompt(user, system, history[dropped:])
         tokens = len(prompt_ids(tokenizer, prompt))
         if tokens <= context - settings.max_new_tokens:
             return prompt, dropped

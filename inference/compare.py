@@ -23,7 +23,7 @@ import torch
 
 from core.cli import run_stage, stage_parser
 from core.config import Config
-from core.prompts import ChatFormat
+from core.prompts import ChatFormat, Rendered, curated_row
 from core.runs import RunPaths, require, run_folder_lock, write_json_atomic, write_text_atomic
 from evaluation.problems import Problem
 from inference.eval_report import eval_summary_html, eval_table
@@ -52,7 +52,7 @@ def validation_loss(model, tokenizer, rows: list[dict], batch_size: int) -> floa
     total_loss, total_tokens = 0.0, 0
     for start in range(0, len(rows), batch_size):
         pairs = [
-            completion_labels(tokenizer, row["prompt"], row["completion"])
+            completion_labels(tokenizer, *curated_row(row["prompt"], row["completion"], row.get("controls")))
             for row in rows[start : start + batch_size]
         ]
         width = max(len(ids) for ids, _ in pairs)
@@ -72,7 +72,7 @@ def evaluate_model(
     label: str,
     source: ModelSource,
     rows: list[dict],
-    prompts: list[str],
+    prompts: list[Rendered],
     problems: list[Problem],
 ) -> tuple[float, list[Answer], float, dict]:
     """One model's validation loss, its answers, the seconds they took and its answers to the evaluation's
@@ -95,21 +95,19 @@ def evaluate_model(
 
 def comparison_items(
     rows: list[dict], hand_written: list[PromptRequest], chat: ChatFormat, system: str | None
-) -> list[dict]:
-    """What both models answer: validation examples (prompts already rendered), then hand-written ones."""
-    validation = [
-        {"kind": f"validation example {i}", "prompt": row["prompt"], "reference": row["completion"].strip()}
-        for i, row in enumerate(rows, 1)
+) -> tuple[list[dict], list[Rendered]]:
+    """What both models answer: validation examples (prompts already rendered), then hand-written ones; the
+    report's items, and the prompts with their formats' control tokens."""
+    prompts = [curated_row(row["prompt"], row["completion"], row.get("controls"))[0] for row in rows]
+    prompts += [request.rendered(chat, system) for request in hand_written]
+    references = [row["completion"].strip() for row in rows] + [request.reference for request in hand_written]
+    kinds = [f"validation example {i}" for i in range(1, len(rows) + 1)]
+    kinds += [f"hand-written prompt {i}" for i in range(1, len(hand_written) + 1)]
+    items = [
+        {"kind": kind, "prompt": prompt.text, "reference": reference}
+        for kind, prompt, reference in zip(kinds, prompts, references, strict=True)
     ]
-    written = [
-        {
-            "kind": f"hand-written prompt {i}",
-            "prompt": request.rendered(chat, system),
-            "reference": request.reference,
-        }
-        for i, request in enumerate(hand_written, 1)
-    ]
-    return validation + written
+    return items, prompts
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
@@ -128,8 +126,7 @@ def compare(config: Config, args: argparse.Namespace, paths: RunPaths) -> None:
 
     sources = {"base": resolve_model(config, "base"), "fine-tuned": resolve_model(config, args.model)}
     chat = model_chat_format(config, sources["fine-tuned"])
-    items = comparison_items(rows, hand_written, chat, config.data.system_prompt)
-    prompts = [item["prompt"] for item in items]
+    items, prompts = comparison_items(rows, hand_written, chat, config.data.system_prompt)
     where = [item["kind"] for item in items[: len(rows)]] + [request.where for request in hand_written]
     for source in sources.values():
         check_prompts_fit(config, source, list(zip(where, prompts, strict=True)))

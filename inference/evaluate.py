@@ -26,8 +26,8 @@ from typing import Any
 from core.cli import run_stage, stage_parser
 from core.config import Config, InferenceConfig
 from core.errors import UserError
-from core.model import chat_format
-from core.prompts import ChatFormat, without_system
+from core.model import chat_format, prompt_ids
+from core.prompts import ChatFormat, Rendered, as_rendered, without_system
 from core.runs import RunPaths, require, run_folder_lock, write_json_atomic, write_text_atomic
 from evaluation.contamination import find_overlaps
 from evaluation.problems import (
@@ -73,8 +73,9 @@ def eval_settings(config: Config) -> InferenceConfig:
     )
 
 
-def style_prompt(problem: Problem, style: str, chat: ChatFormat, system: str | None) -> str:
-    return chat.prompt(instruction(problem), system) if style == "instruct" else problem.prompt
+def style_prompt(problem: Problem, style: str, chat: ChatFormat, system: str | None) -> Rendered | str:
+    """The instruction in the chat format, or the bare code to complete (a plain string: text only)."""
+    return chat.rendered_prompt(instruction(problem), system) if style == "instruct" else problem.prompt
 
 
 def answer_code(text: str) -> str:
@@ -92,7 +93,7 @@ def answer_problems(model, tokenizer, problems: list[Problem], config: Config, l
     for style in config.eval.styles:
         chat = chat_format(tokenizer)
         prompts = [style_prompt(p, style, chat, config.data.system_prompt) for p in problems]
-        fits = [len(tokenizer(p)["input_ids"]) + settings.max_new_tokens <= context for p in prompts]
+        fits = [len(prompt_ids(tokenizer, p)) + settings.max_new_tokens <= context for p in prompts]
         asked = [i for i, fit in enumerate(fits) for _ in range(config.eval.samples) if fit]
         log.info("%s, %s style: %d problems x %d answers", label, style, sum(fits), config.eval.samples)
 
@@ -102,9 +103,9 @@ def answer_problems(model, tokenizer, problems: list[Problem], config: Config, l
         stops = COMPLETION_STOPS if style == "completion" else ()
         rows = generate_ids(model, tokenizer, [prompts[i] for i in asked], settings, None, progress, stops)
         per_problem: list[list[dict[str, Any]]] = [[] for _ in problems]
-        for index, (prompt_ids, new_tokens) in zip(asked, rows, strict=True):
+        for index, (sent, new_tokens) in zip(asked, rows, strict=True):
             if style == "completion":
-                answer = continuation(tokenizer, prompt_ids, new_tokens)
+                answer = continuation(tokenizer, sent, new_tokens)
                 code = truncate_completion(answer.text)
             else:
                 answer = answer_from_tokens(tokenizer, new_tokens)
@@ -252,7 +253,7 @@ def evaluation_report(
             {
                 "task_id": problem.task_id,
                 "style": style,
-                "prompt": style_prompt(problem, style, chat, config.data.system_prompt),
+                "prompt": as_rendered(style_prompt(problem, style, chat, config.data.system_prompt)).text,
                 "answers": {label: answers[label][style][index] for label in sources},
             }
             for style in styles

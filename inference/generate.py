@@ -34,7 +34,7 @@ from core.model import (
     resolve_base,
 )
 from core.patches import control_cpu_repack
-from core.prompts import ChatFormat
+from core.prompts import ChatFormat, Rendered
 from core.runs import RunPaths
 
 log = logging.getLogger(__name__)
@@ -343,7 +343,7 @@ def answer_from_tokens(tokenizer, new_tokens: list[int]) -> Answer:
 def generate_ids(
     model,
     tokenizer,
-    prompts: list[str],
+    prompts: Sequence[Rendered | str],
     settings: InferenceConfig,
     streamer: Any = None,
     progress: Callable[[int, int], None] | None = None,
@@ -380,7 +380,7 @@ def generate_ids(
 def generate(
     model,
     tokenizer,
-    prompts: list[str],
+    prompts: Sequence[Rendered | str],
     settings: InferenceConfig,
     streamer: Any = None,
     progress: Callable[[int, int], None] | None = None,
@@ -409,7 +409,7 @@ def continuation(tokenizer, prompt_ids: list[int], new_tokens: list[int]) -> Ans
     return Answer(text, len(tokens), stopped)
 
 
-def stream_answer(model, tokenizer, prompt: str, settings: InferenceConfig) -> Answer:
+def stream_answer(model, tokenizer, prompt: Rendered | str, settings: InferenceConfig) -> Answer:
     """Answer one rendered prompt, printing the answer to stdout as it is generated."""
     (answer,) = generate(model, tokenizer, [prompt], settings, streamer=AnswerStreamer(tokenizer))
     return answer

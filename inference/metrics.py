@@ -13,6 +13,7 @@ from functools import cache
 import torch
 
 from core.model import answer_ids
+from core.prompts import Rendered
 from core.syntax import parses
 from inference.generate import Answer
 
@@ -22,7 +23,9 @@ FENCE = re.compile(r"^ {0,3}(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\s]*)[^`]*$"
 PYTHON_LANGUAGES = {"", "python", "py", "python3", "py3"}  # untagged blocks count: the data is Python
 
 
-def completion_labels(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
+def completion_labels(
+    tokenizer, prompt: Rendered | str, completion: Rendered | str
+) -> tuple[list[int], list[int]]:
     """Token ids of BOS + prompt + completion + EOS, and labels that keep only the completion and EOS."""
     input_ids, start = answer_ids(tokenizer, prompt, completion)
     return input_ids, [-100] * start + input_ids[start:]

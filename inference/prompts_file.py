@@ -9,7 +9,7 @@ from pathlib import Path
 
 from core.errors import UserError
 from core.jsonl import json_objects
-from core.prompts import ChatFormat
+from core.prompts import ChatFormat, Rendered
 
 FIELDS = ("prompt", "system", "reference")
 
@@ -21,8 +21,8 @@ class PromptRequest:
     reference: str | None = None
     where: str | None = None  # how messages name it: "prompts.txt line 3"
 
-    def rendered(self, chat: ChatFormat, default_system: str | None) -> str:
-        return chat.prompt(self.prompt, default_system if self.system is None else self.system)
+    def rendered(self, chat: ChatFormat, default_system: str | None) -> Rendered:
+        return chat.rendered_prompt(self.prompt, default_system if self.system is None else self.system)
 
 
 def parse_prompt_lines(text: str, source: str) -> list[PromptRequest]:

@@ -113,19 +113,19 @@ def curated_rows(folder: Path) -> list[dict]:
 
 
 def sft_examples(base: Path, tokenizer, rows: list[dict], tmp: Path) -> tuple[list[dict], dict]:
-    """What the real SFTTrainer of the smoke profile makes of `rows` (prompt, completion) on the 4-bit `base`:
-    the prepared examples, and one collated batch of them all."""
+    """What the real SFTTrainer of the smoke profile makes of `rows` (prompt, completion, controls), tokenized
+    as training tokenizes them, on the 4-bit `base`: the prepared examples, and one collated batch of them."""
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from fine_tune.train import load_quantized_model, sft_config
+    from fine_tune.train import load_quantized_model, sft_config, tokenized_rows
 
     config = smoke_config(tmp)
     trainer = SFTTrainer(
         model=load_quantized_model(config, str(base)),
         args=sft_config(config, tmp / "checkpoints"),
-        train_dataset=Dataset.from_list(rows),
-        eval_dataset=Dataset.from_list(rows[:1]),
+        train_dataset=tokenized_rows(Dataset.from_list(rows), tokenizer),
+        eval_dataset=tokenized_rows(Dataset.from_list(rows[:1]), tokenizer),
         processing_class=tokenizer,
     )
     examples = list(trainer.train_dataset)

@@ -123,12 +123,14 @@ def test_four_bit_loading_quantizes_and_still_answers(smoke_base_dir, tmp_path, 
 def test_chat_prompt_drops_the_oldest_turns_to_fit(smoke_tokenizer, settings):
     history = [(f"question {n} " + "word " * 20, f"answer {n} " + "word " * 20) for n in range(4)]
     full, dropped = fitted_prompt(smoke_tokenizer, "last?", "Be brief.", history, 10_000, settings)
-    assert dropped == 0 and full == render_prompt("last?", "Be brief.", history)
+    assert dropped == 0 and full.text == render_prompt("last?", "Be brief.", history)
     limit = len(smoke_tokenizer(render_prompt("last?", "Be brief.", history[2:]))["input_ids"])
     context = limit + settings.max_new_tokens  # room for exactly the last two turns and the answer
     fitted, dropped = fitted_prompt(smoke_tokenizer, "last?", "Be brief.", history, context, settings)
-    assert dropped == 2 and fitted == render_prompt("last?", "Be brief.", history[2:])
-    assert fitted.startswith("[INST] <<SYS>>\nBe brief.")  # the system prompt stays with the first turn kept
+    assert dropped == 2 and fitted.text == render_prompt("last?", "Be brief.", history[2:])
+    assert fitted.text.startswith(
+        "[INST] <<SYS>>\nBe brief."
+    )  # the system prompt stays with the first kept turn
     with pytest.raises(UserError) as error:
         fitted_prompt(smoke_tokenizer, "word " * 300, "Be brief.", history, context, settings)
     tokens = len(smoke_tokenizer(render_prompt("word " * 300, "Be brief."))["input_ids"])

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from core.model import prompt_ids as prompt_ids_of
 from core.prompts import render_prompt
 from tests.conftest import LLAMA2_RUN, base_stage, curated_rows, sft_examples, smoke_config
 from tests.hub_server import Blob, HubServer, Repo
@@ -98,11 +99,11 @@ def test_infer_chat_and_compare_send_what_training_saw(run, llama2_base_dir, tmp
         model, tokenizer = load_model(resolve_model(config, name), config)
         assert [ids for ids, _ in generate_ids(model, tokenizer, prompts, one_token)] == trained, name
         chat = [fitted_prompt(tokenizer, user, system, [], 4096, one_token)[0] for user in users]
-        assert [tokenizer(prompt)["input_ids"] for prompt in chat] == trained, name
+        assert [prompt_ids_of(tokenizer, prompt) for prompt in chat] == trained, name
         follow_up, _ = fitted_prompt(tokenizer, users[1], system, [(users[0], rows[0]["completion"])], 4096,
                                      one_token)  # fmt: skip
         next_turn = tokenizer(render_prompt(users[1]))["input_ids"]
-        assert tokenizer(follow_up)["input_ids"] == examples[0]["input_ids"] + next_turn, name
+        assert prompt_ids_of(tokenizer, follow_up) == examples[0]["input_ids"] + next_turn, name
         for row, example in zip(rows, examples, strict=True):
             scored = completion_labels(tokenizer, row["prompt"], row["completion"])
             assert scored == (example["input_ids"], example["labels"]), name

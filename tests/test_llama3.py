@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from core.prompts import curated_row
 from tests.conftest import LLAMA3_TOKENIZER, base_stage, curated_rows, sft_examples
 
 pytestmark = pytest.mark.e2e
@@ -103,7 +104,8 @@ def test_training_sees_one_bos_the_prompt_masked_and_eot_as_the_last_label(
     run, llama3_base_dir, tokenizer, tmp_path
 ):
     rows = [
-        {"prompt": row["prompt"], "completion": row["completion"]} for row in curated_rows(run.parent.parent)
+        {key: row[key] for key in ("prompt", "completion", "controls")}
+        for row in curated_rows(run.parent.parent)
     ]
     assert rows and all(row["prompt"].startswith("<|start_header_id|>system") for row in rows)
     assert not any("<|eot_id|>" in row["completion"] or "<|begin_of_text|>" in row["prompt"] for row in rows)
@@ -139,7 +141,9 @@ def test_the_merged_model_stops_on_eot_and_infer_sends_what_training_saw(run, ll
     for name in ("new_model", "base"):
         model, loaded = load_model(resolve_model(config, name), config)
         assert chat_format(loaded).end_of_answer == "<|eot_id|>" and loaded.eos_token_id == EOT
-        sent = [ids for ids, _ in generate_ids(model, loaded, [row["prompt"] for row in rows], one_token)]
+        prompts = [curated_row(row["prompt"], row["completion"], row["controls"])[0] for row in rows]
+        assert all(prompt.controls for prompt in prompts)  # the template's headers, kept as controls
+        sent = [ids for ids, _ in generate_ids(model, loaded, prompts, one_token)]
         assert sent == [loaded(row["prompt"])["input_ids"] for row in rows], name
     answered = llama3_stage(
         "inference", run.parent.parent, llama3_base_dir, "--prompt", "How do I sort a dict?"

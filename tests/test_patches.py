@@ -112,7 +112,7 @@ def test_auto_compute_dtype_is_bf16_exactly_where_the_cpu_computes_it(tmp_path):
     from tests.conftest import smoke_config
 
     expected = torch.bfloat16 if cpu_computes_bf16() and not torch.cuda.is_available() else None
-    chosen = compute_dtype(smoke_config(tmp_path))
+    chosen = compute_dtype(smoke_config(tmp_path, "quant.compute_dtype=auto"))
     if expected is not None:
         assert chosen == expected
     elif not torch.cuda.is_available():

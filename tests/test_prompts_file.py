@@ -29,9 +29,10 @@ def test_jsonl_reads_prompt_system_and_reference():
 
 def test_rendering_uses_the_configured_system_prompt_unless_the_line_sets_one():
     llama2 = Llama2Format()
-    assert PromptRequest("a?").rendered(llama2, "Be brief.") == render_prompt("a?", "Be brief.")
-    assert PromptRequest("a?", system="").rendered(llama2, "Be brief.") == "[INST] a? [/INST]"
-    assert PromptRequest("a?", system="Own.").rendered(llama2, "Be brief.") == render_prompt("a?", "Own.")
+    assert PromptRequest("a?").rendered(llama2, "Be brief.").text == render_prompt("a?", "Be brief.")
+    assert PromptRequest("a?", system="").rendered(llama2, "Be brief.").text == "[INST] a? [/INST]"
+    own = PromptRequest("a?", system="Own.").rendered(llama2, "Be brief.")
+    assert own.text == render_prompt("a?", "Own.")
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,8 @@ import pickle
 
 import pytest
 
-from core.prompts import Llama2Format, render_completion, render_prompt
+from core.prompts import Llama2Format, Rendered, render_completion, render_prompt
+from core.tokens import encode
 from data_prep.rows import (
     Example,
     RowSettings,
@@ -83,6 +84,7 @@ def test_prepared_rows_are_rendered_by_the_prompt_function():
         "source_id": "1",
         "question_score": 5,
         "answer_score": 3,
+        "controls": [],  # Llama-2's single-turn rows: the format writes no control token
     }
     assert (second["source"], second["question_score"]) == ("alpaca", None)
     assert batch.failed_rules == [None, EMPTY]
@@ -114,5 +116,12 @@ def test_curation_counts_the_tokens_of_the_tokenizer_training_loads(request, bas
              "strike <s>old</s>indeed"]  # fmt: skip
     counter, chat = load_row_tokenizer(config)
     assert chat == Llama2Format(tokenizer.bos_token, tokenizer.eos_token)
-    assert counter(texts) == [len(ids) + 1 for ids in tokenizer(texts)["input_ids"]]
+    # The format's control tokens count one each; the same characters in a row's text are text.
+    written = Rendered(texts[2], ((7, 10), (13, 17)))
+    plain = [len(ids) + 1 for ids in tokenizer([*texts[:2], texts[2]])["input_ids"]]
+    assert counter([*map(Rendered, texts[:2]), written]) == plain
+    assert (
+        counter([Rendered(texts[2])]) == [len(encode(tokenizer, texts[2])) + 1]
+        and plain[2] < counter([Rendered(texts[2])])[0]
+    )
     assert pickle.dumps(counter) == pickle.dumps(TokenCounter(tokenizer.backend_tokenizer))

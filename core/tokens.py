@@ -1,0 +1,86 @@
+"""Where text becomes token ids, for every stage: curation's length count, training's rows, the ids infer,
+chat, compare and eval send, the merge's and export's checks, and `make inspect`.
+
+Text is always text. A tokenizer turns the text `</s>` (or `<|eot_id|>`, `<s>`) into the control token
+wherever it occurs; SentencePiece, which Meta's reference code encodes with, never does. Here only the
+spans a format marked as its own (core/prompts.py's Rendered) become control ids; everything else is
+encoded with special-token matching off, and the tokenizer adds its BOS in front as usual. Encoding in
+segments between controls is what the tokenizer itself does around a special token, so text without such
+characters gets exactly the ids a plain call gives (tests check it on three tokenizers).
+
+It needs only the `tokenizers` backend (a transformers fast tokenizer's `backend_tokenizer`), so curation's
+workers use it without transformers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from core.prompts import Rendered, as_rendered
+
+
+def backend_of(tokenizer: Any) -> Tokenizer:
+    """The `tokenizers` backend of a transformers tokenizer, or the backend itself."""
+    return tokenizer if isinstance(tokenizer, Tokenizer) else tokenizer.backend_tokenizer
+
+
+def added_in_front(backend: Tokenizer) -> list[int]:
+    """What the tokenizer puts before the text when it adds special tokens: [BOS], or nothing."""
+    with_specials = backend.encode("a", add_special_tokens=True).ids
+    text_only = backend.encode("a", add_special_tokens=False).ids
+    for start in range(len(with_specials) - len(text_only) + 1):
+        if with_specials[start : start + len(text_only)] == text_only:
+            return with_specials[:start]
+    return []
+
+
+def encode_batch(
+    tokenizer: Any, items: Sequence[Rendered | str], add_special_tokens: bool = True
+) -> list[list[int]]:
+    """The ids of each item: its text encoded as text, its control spans as their ids, the tokenizer's BOS
+    in front (with add_special_tokens). A plain string is text only."""
+    backend = backend_of(tokenizer)
+    rendered = [as_rendered(item) for item in items]
+    segments: list[str] = []
+    plans: list[list[int | str]] = []  # per item: an index into segments, or a control token's text
+    for item in rendered:
+        plan: list[int | str] = []
+        position = 0
+        for start, end in [*item.controls, (len(item.text), len(item.text))]:
+            if start > position:
+                plan.append(len(segments))
+                segments.append(item.text[position:start])
+            if end > start:
+                plan.append(item.text[start:end])
+            position = end
+        plans.append(plan)
+    matching = backend.encode_special_tokens
+    backend.encode_special_tokens = True  # the text's `</s>` is three pieces of text
+    try:
+        encoded = [e.ids for e in backend.encode_batch_fast(segments, add_special_tokens=False)]
+    finally:
+        backend.encode_special_tokens = matching
+    front = added_in_front(backend) if add_special_tokens else []
+    return [
+        front
+        + [
+            i
+            for step in plan
+            for i in (encoded[step] if isinstance(step, int) else [control_id(backend, step)])
+        ]
+        for plan in plans
+    ]
+
+
+def encode(tokenizer: Any, item: Rendered | str, add_special_tokens: bool = True) -> list[int]:
+    return encode_batch(tokenizer, [item], add_special_tokens)[0]
+
+
+def control_id(backend: Tokenizer, token: str) -> int:
+    token_id = backend.token_to_id(token)
+    if token_id is None:
+        raise ValueError(f"the format wrote {token!r}, which is not a token of this tokenizer")
+    return token_id
