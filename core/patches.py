@@ -118,3 +118,37 @@ def sft_collator(tokenizer: Any, args: Any) -> Any:
         padding_free=padding_free,
         pad_to_multiple_of=args.pad_to_multiple_of,
     )
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (Intel Sapphire Rapids and later); torch 2.13's probe, no public one."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
+
+
+@contextmanager
+def llama_cpp_without_amx() -> Iterator[None]:
+    """While a llama-cpp-python model loads on a CPU with AMX: no extra buffer types (llama.cpp's AMX kernels
+    and weight repacking), everywhere else llama.cpp's defaults.
+
+    llama-cpp-python 0.3.36 (llama.cpp as its sdist vendors it, built for the native CPU) crashes with a
+    segmentation fault in its AMX int8 kernels on the embedded base's Q8_0 and Q4_K_M files (128 wide).
+    `Llama` takes no option for `llama_model_params.use_extra_bufts`; it builds its parameters from
+    `llama_cpp.llama_cpp.llama_model_default_params`, which this swaps for the load."""
+    import llama_cpp.llama_cpp as low_level
+
+    if not cpu_has_amx():
+        yield
+        return
+    default = low_level.llama_model_default_params
+
+    def without_extra_buffers() -> Any:
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    low_level.llama_model_default_params = without_extra_buffers
+    try:
+        yield
+    finally:
+        low_level.llama_model_default_params = default

@@ -29,6 +29,7 @@ import torch
 
 from core.config import Config
 from core.model import answer_ids, chat_format, device_map, model_dtype
+from core.patches import llama_cpp_without_amx
 from core.prompts import ChatFormat, Rendered, curated_row
 
 log = logging.getLogger(__name__)
@@ -91,10 +92,11 @@ class GgufModel:
     def __init__(self, path: Path, context: int, threads: int | None = None):
         from llama_cpp import Llama
 
-        self.llm = Llama(
-            model_path=str(path), n_ctx=context, n_batch=context, n_ubatch=context, logits_all=True,
-            n_threads=threads or os.cpu_count(), n_threads_batch=os.cpu_count(), verbose=False,
-        )  # fmt: skip
+        with llama_cpp_without_amx():
+            self.llm = Llama(
+                model_path=str(path), n_ctx=context, n_batch=context, n_ubatch=context, logits_all=True,
+                n_threads=threads or os.cpu_count(), n_threads_batch=os.cpu_count(), verbose=False,
+            )  # fmt: skip
 
     def close(self) -> None:
         self.llm.close()

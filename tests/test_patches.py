@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.patches import control_cpu_repack, cpu_computes_bf16, cpu_repack_fits
+from core.patches import control_cpu_repack, cpu_computes_bf16, cpu_has_amx, cpu_repack_fits
 
 CPUINFO = Path("/proc/cpuinfo")
 CPU_FLAGS = (
@@ -118,3 +118,19 @@ def test_auto_compute_dtype_is_bf16_exactly_where_the_cpu_computes_it(tmp_path):
     elif not torch.cuda.is_available():
         assert chosen == torch.float32
     assert compute_dtype(smoke_config(tmp_path, "quant.compute_dtype=float32")) == torch.float32
+
+
+def test_llama_cpp_still_builds_its_model_parameters_from_the_function_the_patch_swaps():
+    import inspect
+
+    llama_cpp = pytest.importorskip("llama_cpp", reason="make test installs requirements-export.txt")
+    import llama_cpp.llama_cpp as low_level
+
+    from core.patches import llama_cpp_without_amx
+
+    assert "use_extra_bufts" in [name for name, _ in low_level.llama_model_params._fields_]
+    assert "llama_model_default_params()" in inspect.getsource(llama_cpp.Llama.__init__)
+    default = low_level.llama_model_default_params
+    with llama_cpp_without_amx():
+        assert low_level.llama_model_default_params().use_extra_bufts == (not cpu_has_amx())
+    assert low_level.llama_model_default_params is default
