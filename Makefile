@@ -61,7 +61,7 @@ MULTI_NODE_CHECK = $(if $(MASTER_ADDR),,$(error NNODES=$(NNODES) needs MASTER_AD
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help install base data train merge push push-data push-if-configured infer chat inspect compare eval export all test \
+.PHONY: help install base data train merge push push-data push-if-configured infer chat inspect compare eval export all test test-fast \
 	bench bench-docs \
 	gpu-check gpu-check-wheels lint clean distclean
 
@@ -139,8 +139,11 @@ export: install $(VENV)/.export-installed ## GGUF 16-bit, Q8_0, Q4_K_M and an Ol
 
 all: install base data train merge compare push-if-configured ## every stage, end to end
 
-test: install $(VENV)/.export-installed ## run the test suite (unit, ML-correctness and end-to-end on the smoke profile)
-	$(PY) -m pytest
+test: install $(VENV)/.export-installed ## the whole test suite (unit, ML-correctness and end-to-end on the smoke profile)
+	$(PY) -m pytest --durations=25
+
+test-fast: install ## the fast tier: every rule and pure function, no training and no stage run (seconds)
+	$(PY) -m pytest -m "not e2e"
 
 # BENCH is a list of names: split on spaces, never globbed.
 bench: install ## benchmarks against seed-style baselines (BENCH=name for one): runs/bench/results.json

@@ -127,8 +127,7 @@ class QuantConfig(Section):
     double_quant: bool = Field(True, description="bits 4 only")
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto",
-        description="auto: bf16 on GPUs that support it, else fp16; on a CPU, bf16 where it has "
-        "AVX-512 BF16, else float32",
+        description="auto: bf16 on GPUs that support it, else fp16; float32 on CPU",
     )
     quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = Field(
         "uint8", description="dtype the 4-bit weights are stored in; FSDP needs the compute dtype"

@@ -21,16 +21,6 @@ CPU_REPACK_ROWS = 32
 CPU_REPACK_BLOCK = 64
 
 
-def cpu_computes_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16: Intel Sapphire Rapids and later, AMD
-    Zen 4 and later). Elsewhere torch emulates bfloat16 in float32, slower than float32 itself.
-
-    torch 2.13 answers through `torch.cpu._is_avx512_bf16_supported` (what its own compiler asks); no
-    public function says it."""
-    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    return bool(probe and probe())
-
-
 def cpu_repack_fits(out_features: int, in_features: int) -> bool:
     """Whether bitsandbytes' AVX-512 BF16 kernel can repack a 4-bit layer of this shape."""
     return out_features % CPU_REPACK_ROWS == 0 and in_features % CPU_REPACK_BLOCK == 0

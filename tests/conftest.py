@@ -26,6 +26,17 @@ LLAMA2_TOKENIZER = (
 LLAMA3_TOKENIZER = REPO / "tests/fixtures/llama3-tokenizer"
 
 
+# Fixtures that build a model or curate a run: a test that uses one, even through another fixture, is an
+# e2e test (pyproject.toml's tiers), whatever its own marker says.
+BUILT_FIXTURES = {"smoke_base_dir", "pipeline", "curated", "llama2_base_dir", "llama2_curated"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if BUILT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
+
 def smoke_config(tmp: Path, *overrides: str) -> Config:
     return load_config(
         SMOKE,

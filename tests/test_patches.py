@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.patches import control_cpu_repack, cpu_computes_bf16, cpu_has_amx, cpu_repack_fits
+from core.patches import control_cpu_repack, cpu_has_amx, cpu_repack_fits
 
 CPUINFO = Path("/proc/cpuinfo")
 CPU_FLAGS = (
@@ -101,23 +101,13 @@ def test_a_layer_that_does_not_fit_would_crash_the_repack_and_is_left_alone():
         assert model(torch.randn(2, 96)).shape == (2, 64)
 
 
-@pytest.mark.skipif(not CPU_FLAGS, reason="no /proc/cpuinfo to compare with")
-def test_bf16_detection_agrees_with_the_cpu_flags():
-    assert hasattr(torch.cpu, "_is_avx512_bf16_supported"), "torch moved its AVX-512 BF16 probe"
-    assert cpu_computes_bf16() == HAS_AVX512_BF16
-
-
-def test_auto_compute_dtype_is_bf16_exactly_where_the_cpu_computes_it(tmp_path):
+def test_auto_compute_dtype_is_float32_on_every_cpu(tmp_path):
     from core.model import compute_dtype
     from tests.conftest import smoke_config
 
-    expected = torch.bfloat16 if cpu_computes_bf16() and not torch.cuda.is_available() else None
-    chosen = compute_dtype(smoke_config(tmp_path, "quant.compute_dtype=auto"))
-    if expected is not None:
-        assert chosen == expected
-    elif not torch.cuda.is_available():
-        assert chosen == torch.float32
-    assert compute_dtype(smoke_config(tmp_path, "quant.compute_dtype=float32")) == torch.float32
+    if not torch.cuda.is_available():
+        assert compute_dtype(smoke_config(tmp_path, "quant.compute_dtype=auto")) == torch.float32
+    assert compute_dtype(smoke_config(tmp_path, "quant.compute_dtype=bfloat16")) == torch.bfloat16
 
 
 def test_llama_cpp_still_builds_its_model_parameters_from_the_function_the_patch_swaps():
