@@ -31,6 +31,11 @@ LLAMA3_TOKENIZER = REPO / "tests/fixtures/llama3-tokenizer"
 BUILT_FIXTURES = {"smoke_base_dir", "pipeline", "curated", "llama2_base_dir", "llama2_curated"}
 
 
+def built(value: str) -> object:
+    """A parameter whose test builds a model through request.getfixturevalue, which collection cannot see."""
+    return pytest.param(value, marks=pytest.mark.e2e, id=value)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if BUILT_FIXTURES & set(getattr(item, "fixturenames", ())):

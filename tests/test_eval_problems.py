@@ -20,6 +20,7 @@ from evaluation.problems import (
     truncate_completion,
 )
 from inference.evaluate import answer_code
+from tests.conftest import built
 
 ADD = Problem(
     task_id="t/0",
@@ -43,6 +44,7 @@ def test_humaneval_has_its_164_problems_in_order():
     assert problems[0].entry_point == "has_close_elements"
 
 
+@pytest.mark.e2e  # 328 programs through the sandbox
 def test_every_canonical_solution_passes_in_the_sandbox_in_both_styles():
     from evaluation.sandbox import run_programs
 
@@ -186,7 +188,7 @@ def test_rows_compared_by_content_leave_the_shared_system_prompt_out():
     )
 
 
-@pytest.mark.parametrize("name", ["smoke_tokenizer", "llama2_tokenizer"])
+@pytest.mark.parametrize("name", [built("smoke_tokenizer"), "llama2_tokenizer"])
 def test_a_continuation_keeps_the_indentation_it_opens_with(name, request):
     from inference.generate import continuation
 

@@ -91,6 +91,7 @@ def test_the_bundle_installs_what_this_python_lacks_or_has_older_into_its_own_fo
     assert result.stdout.strip() == "1.0", result.stderr
 
 
+@pytest.mark.e2e
 def test_the_7b_profile_trains_a_small_llama2_shape_on_a_cpu(tmp_path):
     """The GPU check's first part, shrunk: the llama2-7b-python profile (4-bit NF4, float16 compute, the
     paged optimizer, gradient checkpointing) through the training stage's trainer, on a CPU, then with

@@ -17,6 +17,7 @@ from inference.metrics import (
     summarize,
     summed_token_loss,
 )
+from tests.conftest import built
 
 
 def test_loss_of_uniform_logits_is_log_vocab_size_per_labelled_token():
@@ -35,7 +36,7 @@ def test_loss_uses_the_logits_one_position_before_the_label():
     assert (total, tokens) == (pytest.approx(-math.log(3 / 5)), 1)
 
 
-@pytest.mark.parametrize("base", ["smoke", "llama2"])
+@pytest.mark.parametrize("base", [built("smoke"), "llama2"])
 def test_completion_labels_cover_the_answer_and_eos_only(request, base):
     tokenizer = request.getfixturevalue(f"{base}_tokenizer")
     prompt, completion = "[INST] Reverse a list? [/INST]", " Use `items[::-1]`. "

@@ -74,6 +74,7 @@ def adapted_modules(adapter: Path) -> set[str]:
     return {name.split(".lora_")[0].rpartition(".")[2] for name in names}
 
 
+@pytest.mark.e2e
 def test_all_linear_trains_every_linear_layer_of_a_fused_attention_but_the_head(neox_run):
     losses = report_losses(neox_run)
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
@@ -108,12 +109,14 @@ def test_the_16_bit_merge_gives_the_adapter_models_logits(neox_run, neox_base_di
     assert 0 < difference <= check["tolerance"]
 
 
+@pytest.mark.e2e
 def test_infer_answers_with_the_merged_gpt_neox(neox_run, neox_base_dir):
     question = ("--model", "new_model", "--prompt", "How do I reverse a list in Python?")
     answered = base_stage("inference", neox_run.parent.parent, neox_base_dir, *question, *ALL_LINEAR)
     assert answered.stdout.strip() and "[INST]" not in answered.stdout
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("bits", [16, 8])
 def test_the_gpt_neox_trains_with_quant_bits(neox_curated, neox_base_dir, bits):
     """LoRA on the unquantized base, and on bitsandbytes' LLM.int8 base, which runs on a CPU: the loss is

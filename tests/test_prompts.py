@@ -6,6 +6,7 @@ Tokenizer tests run on the embedded base's tokenizer and on Meta's Llama-2 token
 import pytest
 
 from core.prompts import LLAMA2_CHAT_TEMPLATE, render_completion, render_prompt
+from tests.conftest import built
 
 # The chat template of meta-llama/Llama-2-7b-chat-hf's tokenizer_config.json, character for character:
 # the reference every rendering of the product is checked against.
@@ -60,7 +61,7 @@ def official_render(system: str | None, history: list[tuple[str, str]], user: st
     return rendered[0]
 
 
-@pytest.fixture(params=["smoke", "llama2"])
+@pytest.fixture(params=[built("smoke"), "llama2"])
 def tokenizer(request):
     """The embedded base's tokenizer and Meta's Llama-2 tokenizer, each as the product loads it."""
     return request.getfixturevalue(f"{request.param}_tokenizer")
@@ -144,7 +145,7 @@ def test_byte_fallback_round_trips_any_text(tokenizer):
 CURATED = {"smoke": "curated", "llama2": "llama2_curated"}
 
 
-@pytest.fixture(scope="module", params=["smoke", "llama2"])
+@pytest.fixture(scope="module", params=[built("smoke"), built("llama2")])
 def prepared(request, tmp_path_factory):
     """The real SFTTrainer on each base, the embedded smoke base and the random Llama-2-shaped one with Meta's
     tokenizer, over the test examples and every train and validation row curated for that base: its

@@ -19,7 +19,7 @@ from data_prep.rows import (
     user_and_answer,
 )
 from data_prep.rules import EMPTY, NO_CODE_BLOCK
-from tests.conftest import smoke_config
+from tests.conftest import built, smoke_config
 
 SETTINGS = RowSettings(system_prompt="Be exact.", require_code_block=False, chat=Llama2Format())
 
@@ -91,7 +91,7 @@ def test_prepared_rows_are_rendered_by_the_prompt_function():
     assert batch.question_keys == [question_key("Title\n\nBody"), question_key("Task")]
 
 
-@pytest.mark.parametrize("base", ["smoke", "llama2"])
+@pytest.mark.parametrize("base", [built("smoke"), "llama2"])
 def test_token_counter_matches_the_tokenizer_and_survives_pickling(request, base):
     tokenizer = request.getfixturevalue(f"{base}_tokenizer")
     texts = ["[INST] héllo wörld [/INST] ```\n    x = 1\n```", "", "🙂 " * 50]
@@ -101,7 +101,7 @@ def test_token_counter_matches_the_tokenizer_and_survives_pickling(request, base
     assert pickle.loads(pickle.dumps(counter))(texts) == expected
 
 
-@pytest.mark.parametrize("base", ["smoke", "llama2"])
+@pytest.mark.parametrize("base", [built("smoke"), built("llama2")])
 def test_curation_counts_the_tokens_of_the_tokenizer_training_loads(request, base, tmp_path):
     """The length rule counts what training tokenizes. The embedded base's tokenizer.json is read directly;
     another base's tokenizer is loaded as training loads it: for Meta's Llama-2 files, with `legacy: true`,

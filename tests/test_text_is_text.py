@@ -10,10 +10,10 @@ from core.model import answer_ids, chat_format, load_tokenizer, prompt_ids
 from core.prompts import Rendered, curated_row
 from core.tokens import encode
 from data_prep.rows import Example, RowSettings, prepare_batch
-from tests.conftest import LLAMA3_TOKENIZER, smoke_config
+from tests.conftest import LLAMA3_TOKENIZER, built, smoke_config
 
 
-@pytest.fixture(scope="module", params=["embedded", "llama2", "llama3"])
+@pytest.fixture(scope="module", params=[built("embedded"), "llama2", "llama3"])
 def tokenizer(request):
     if request.param == "embedded":
         return request.getfixturevalue("smoke_tokenizer")

@@ -17,7 +17,7 @@ import torch
 from core.prompts import render_completion, render_prompt
 from core.runs import RunPaths
 from fine_tune.resume import saved_checkpoints
-from tests.conftest import REPO, SMOKE, fresh_run, run_stage, smoke_config
+from tests.conftest import REPO, SMOKE, built, fresh_run, run_stage, smoke_config
 from tests.test_patches import needs_avx512_bf16
 from tests.test_prompts import EXAMPLES, SYSTEM
 
@@ -120,7 +120,7 @@ def test_saved_checkpoints_are_newest_first_and_skip_an_unfinished_save(tmp_path
     assert saved_checkpoints(tmp_path / "missing") == []
 
 
-@pytest.mark.parametrize("base", ["smoke", "llama2"])
+@pytest.mark.parametrize("base", [built("smoke"), built("llama2")])
 def test_pad_token_needs_no_embedding_resize(request, base):
     from transformers import AutoConfig
 
