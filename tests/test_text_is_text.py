@@ -117,3 +117,66 @@ def test_the_trainer_gets_the_text_as_text(curated, tmp_path):
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
     assert controls_of(tokenizer, ids) == [tokenizer.bos_token_id, tokenizer.eos_token_id]
     assert ids[-1] == tokenizer.eos_token_id and labels[-1] == tokenizer.eos_token_id
+
+
+def special_token_sources(folder, text: str) -> list[str]:
+    """A Stack Overflow dump (Kaggle's CSV schema) and an Alpaca file whose every field spells `text`, as
+    --set overrides of the smoke profile's sources."""
+    import csv
+    import html
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    escaped = html.escape(text)  # the dump's HTML: `&lt;/s&gt;` in a code block decodes to `</s>`
+    rows = {
+        "Questions.csv": [["Id", "OwnerUserId", "CreationDate", "Score", "Title", "Body"]]
+        + [[str(i), "1", "2008-08-02T15:11:16Z", "5", f"Title {i} {text}", f"<p>{escaped}</p>"]
+           for i in range(1, 7)],
+        "Answers.csv": [["Id", "OwnerUserId", "CreationDate", "ParentId", "Score", "Body"]]
+        + [[str(100 + i), "1", "2008-08-02T16:00:00Z", str(i), "3", f"<pre><code>{escaped}</code></pre>"]
+           for i in range(1, 7)],
+        "Tags.csv": [["Id", "Tag"]] + [[str(i), "python"] for i in range(1, 7)],
+    }  # fmt: skip
+    for name, lines in rows.items():
+        with open(folder / name, "w", newline="", encoding="utf-8") as file:
+            csv.writer(file).writerows(lines)
+    records = [{"instruction": f"Task {i}: {text}", "input": text, "output": text} for i in range(4)]
+    (folder / "alpaca.json").write_text(json.dumps(records), encoding="utf-8")
+    return [
+        f"data.stackoverflow.questions={folder / 'Questions.csv'}",
+        f"data.stackoverflow.answers={folder / 'Answers.csv'}",
+        f"data.stackoverflow.tags={folder / 'Tags.csv'}", "data.stackoverflow.limit=null",
+        f"data.alpaca.path={folder / 'alpaca.json'}", "data.alpaca.limit=null", "data.validation_size=2",
+        "train.max_length=4096",
+    ]  # fmt: skip
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("base", [built("embedded"), built("llama2")])
+def test_curated_files_that_spell_every_special_token_reach_the_trainer_as_text(request, tmp_path, base):
+    """make data on CSV and Alpaca files full of special-token text, then the rows make inspect shows (the
+    trainer's own preparation and collator): one BOS, one final EOS, and the text counted in stats.json."""
+    import json
+
+    from tests.conftest import run_stage
+
+    if base == "embedded":
+        (tmp_path / "base").symlink_to(request.getfixturevalue("smoke_base_dir").parent)
+        extra: list[str] = []
+        tokenizer = request.getfixturevalue("smoke_tokenizer")
+    else:
+        extra = [f"model.name_or_path={request.getfixturevalue('llama2_base_dir')}"]
+        tokenizer = request.getfixturevalue("llama2_tokenizer")
+    overrides = [*special_token_sources(tmp_path / "data", spelled(tokenizer)), *extra]
+    sets = [part for override in overrides for part in ("--set", override)]
+    run_stage("data_prep", tmp_path, *sets)
+    stats = json.loads((tmp_path / "runs" / "smoke" / "dataset" / "stats.json").read_text())
+    assert stats["special_token_text"] == stats["train_rows"] + stats["validation_rows"] == 10
+    shown = run_stage("fine_tune.inspect_rows", tmp_path, *sets, "--format", "json", "--rows", "8")
+    rows = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert len(rows) == 8
+    for row in rows:
+        ids, labels = row["input_ids"], row["labels"]
+        assert controls_of(tokenizer, ids) == [tokenizer.bos_token_id, tokenizer.eos_token_id]
+        assert ids[0] == tokenizer.bos_token_id and ids[-1] == labels[-1] == tokenizer.eos_token_id
+        assert spelled(tokenizer) in tokenizer.decode(ids, skip_special_tokens=True)
