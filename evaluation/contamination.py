@@ -9,9 +9,10 @@ tokens, and the row.
 
 Only the probes are indexed; the training rows stream past the index in chunks, so memory follows the
 number of probes and the chunk, not the size of the training split (millions of rows). A chunk is
-compared in numpy: each word becomes the id the probes gave it (0 when no probe has it: an n-gram with
-such a word can match nothing), each n-gram a 64-bit hash of its ids, and only the n-grams whose hash a
-probe n-gram has are compared token by token, so that a hash collision never makes an overlap.
+compared without a Python step per word: its words are cut out of one byte string by numpy, each becomes
+the id the probes gave it by pyarrow's `index_in` (UNKNOWN when no probe has it: an n-gram with such a
+word can match nothing), each n-gram a 64-bit hash of its ids, and only the n-grams whose hash a probe
+n-gram has are compared token by token, so that a hash collision never makes an overlap.
 """
 
 from __future__ import annotations
@@ -19,18 +20,25 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import chain, islice, repeat
+from functools import cache
+from itertools import chain, islice
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 TOKEN = re.compile(r"\w+")
-NON_WORD = bytes(c for c in range(128) if not (chr(c).isalnum() or chr(c) == "_"))  # in ASCII
-ASCII_WORDS = bytes.maketrans(NON_WORD, b" " * len(NON_WORD))
-NON_ASCII_NON_WORD = re.compile(r"[^\w\x00-\x7f]+")
+BLANK = ord(" ")
+# A bytes.translate table: lowercases ASCII letters and blanks the other ASCII characters that are in no
+# word; keeps the bytes of the characters out of ASCII (all 0x80 or more in UTF-8).
+ASCII_WORDS = bytes(
+    c if c >= 0x80 else ord(chr(c).lower()) if TOKEN.match(chr(c)) else BLANK for c in range(256)
+)
+SEPARATOR_WORD = b"\0"  # stands before each text's words; no text has it (ASCII_WORDS blanks NUL)
 DEFAULT_NGRAM = 13
-CHUNK_ROWS = 5_000  # training rows compared at once: ~1.5M tokens; with 2,000 probes, a peak under 200 MB
-UNKNOWN = 0  # the id of a word no probe has
-SEPARATOR = -1  # stands before each row's ids: no n-gram holding it is compared, so none spans two rows
+CHUNK_ROWS = 2_000  # training rows compared at once: ~600k tokens (5,000 went 10% slower, missing caches)
+SEPARATOR = 0  # the id of SEPARATOR_WORD, first in the vocabulary; the probes' words have ids 1 and up
+UNKNOWN = -1  # the id of a word no probe has. No n-gram holding either is compared: none spans two rows
 MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # of the polynomial hash of an n-gram's ids, modulo 2**64
 FILTER_BITS = 24  # a 16 MB table: a few percent of it set by a few hundred thousand probe n-grams
 
@@ -63,34 +71,89 @@ def longest_runs(probe_positions: Iterable[int], n: int) -> tuple[int, int]:
     return best_start, best_length
 
 
-def _words(text: str) -> list[bytes]:
-    """normalized_tokens(text) in UTF-8, 1.5 to 4 times faster: a regular expression blanks the non-ASCII
-    characters that are in no word (most texts have none), bytes.translate the ASCII ones, and split
-    cuts at the blanks (no byte of a non-ASCII character in UTF-8 is ASCII whitespace)."""
-    text = text.lower()
-    if not text.isascii():
-        text = NON_ASCII_NON_WORD.sub(" ", text)
-    return text.encode().translate(ASCII_WORDS).split()
+def _ascii_words(text: str) -> bytes:
+    """The text lowercased, in UTF-8, its ASCII characters that are in no word blanked."""
+    if text.isascii():  # most are: ASCII_WORDS lowercases them, faster than str.lower
+        return text.encode().translate(ASCII_WORDS)
+    # str.lower: a character out of ASCII may lowercase to several (İ). errors="replace": a lone surrogate,
+    # which UTF-8 cannot hold, becomes "?", blanked as it is: neither is in a word.
+    return text.lower().encode(errors="replace").translate(ASCII_WORDS)
 
 
-def _ids(word_lists: Iterable[list[bytes]], vocabulary: dict[bytes, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The lists' word ids end to end, each list after a SEPARATOR (the id of b"", which is no word), and
-    where each list's first word is. A list is dropped as soon as its ids are taken."""
-    words = chain.from_iterable(chain((b"",), tokens) for tokens in word_lists)
-    ids = np.fromiter(map(vocabulary.get, words, repeat(UNKNOWN)), np.int64)
-    return ids, np.flatnonzero(ids == SEPARATOR) + 1
+@cache
+def _word_characters() -> np.ndarray:
+    """Whether TOKEN takes each code point into a word (found by TOKEN itself, so that it is the same)."""
+    characters = "".join(map(chr, range(0x110000)))
+    word = np.zeros(len(characters), bool)
+    for match in TOKEN.finditer(characters):
+        word[match.start() : match.end()] = True
+    return word
+
+
+def _blank_non_ascii_non_words(data: np.ndarray) -> None:
+    """Blanks the characters out of ASCII that are in no word, in UTF-8 `data` (most texts have none)."""
+    lead = np.flatnonzero(data >= 0xC0)  # the first byte of each; the others are 0x80 to 0xBF
+    size = 2 + (data[lead] >= 0xE0) + (data[lead] >= 0xF0)  # in bytes
+    # The code point: the first byte's low bits, then 6 bits of each byte after it. Reading 3 bytes after
+    # each, the bits of those past the character are shifted off.
+    code = data[lead] & (0x7F >> size)
+    for offset in (1, 2, 3):
+        code = code << 6 | data.take(lead + offset, mode="clip") & 0x3F
+    blank = ~_word_characters()[code >> 6 * (4 - size)]
+    data[_ranges(lead[blank], size[blank])] = BLANK
+
+
+def _words(texts: Iterable[str]) -> pa.Array:
+    """Each text's normalized tokens in UTF-8, after SEPARATOR_WORD, end to end, as the even items of the
+    array; the odd ones are the blanks between them. No step is taken per word in Python: the texts are
+    joined into one byte string, its non-word characters blanked, and numpy finds where the runs of blanks
+    start and end, which the array is cut at (it holds the string, not a copy)."""
+    data = bytearray(b" ").join(chain.from_iterable((SEPARATOR_WORD, _ascii_words(text)) for text in texts))
+    data += b" "  # so that the last item is a blank, as after every word
+    array = np.frombuffer(data, np.uint8)
+    _blank_non_ascii_non_words(array)
+    blank = array == BLANK
+    cuts = np.flatnonzero(np.diff(blank, prepend=True, append=False))  # 0, the ends of the items
+    return pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(cuts) - 1, [None, pa.py_buffer(cuts), pa.py_buffer(data)]
+    )
+
+
+def _ids(items: pa.Array, vocabulary: pa.Array) -> np.ndarray:
+    """The ids of the words of `_words`: their index in `vocabulary`, UNKNOWN for a word not there."""
+    found = pc.index_in(items, value_set=vocabulary)  # null where not found
+    # The words' items read off the buffers: fill_null(UNKNOWN) takes 5 times longer, over the blanks too.
+    validity, values = found.buffers()
+    offset, length = found.offset, len(found)
+    ids = np.frombuffer(values, np.int32, length, offset * 4)[::2].copy()
+    if validity is not None:
+        known = np.unpackbits(np.frombuffer(validity, np.uint8), count=offset + length, bitorder="little")
+        ids[known[offset::2] == 0] = UNKNOWN
+    return ids
+
+
+def _texts(ids: np.ndarray) -> np.ndarray:
+    """The text each id is in (searchsorted in the texts' starts is several times slower)."""
+    return np.cumsum(ids == SEPARATOR) - 1
 
 
 def _ngram_hashes(ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The hash of every n-gram of `ids`, by start, and the starts of the n-grams that lie in one list and
-    hold no UNKNOWN."""
-    count = max(len(ids) - n + 1, 0)
-    values = ids.view(np.uint64)
-    hashes = values[:count].copy()
-    for offset in range(1, n):
-        hashes *= MULTIPLIER  # wraps modulo 2**64, as meant
-        hashes += values[offset : offset + count]
-    gaps = np.concatenate(([0], np.cumsum(ids <= UNKNOWN, dtype=np.int32)))
+    """The hash of every n-gram of `ids` (the sum of its k-th id * MULTIPLIER**(n - 1 - k), modulo 2**64),
+    by start, and the starts of the n-grams that lie in one text and hold no UNKNOWN."""
+    count = len(ids) - n + 1
+    if count <= 0:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    values = hashes = ids.astype(np.uint64)  # UNKNOWN wraps to 2**64 - 1
+    # The hashes of the runs of `length` ids, from 1 to n: doubled, then one id longer where n's binary
+    # digit is 1, so about 2 log2(n) passes over the ids, where Horner's rule takes 2n. Products wrap.
+    length = 1
+    for digit in bin(n)[3:]:
+        hashes = hashes[:-length] * np.uint64(pow(int(MULTIPLIER), length, 1 << 64)) + hashes[length:]
+        length *= 2
+        if digit == "1":
+            hashes = hashes[:-1] * MULTIPLIER + values[length:]
+            length += 1
+    gaps = np.concatenate(([0], np.cumsum(ids <= SEPARATOR, dtype=np.int32)))  # and UNKNOWN
     return hashes, np.flatnonzero(gaps[n:] == gaps[:count])
 
 
@@ -115,7 +178,9 @@ class _Index:
     sorted, those of one probe in one row come together, by position, and a run of consecutive positions
     is a run of consecutive numbers (`width` leaves a gap between two probes or rows)."""
 
-    vocabulary: dict[bytes, int]  # every probe word's id (from 1), in UTF-8, and b"" -> SEPARATOR
+    vocabulary: pa.Array  # the probes' words in UTF-8, sorted, each at its id: SEPARATOR_WORD first
+    words: pa.Array  # the probes' words, each probe's after SEPARATOR_WORD
+    starts: np.ndarray  # where each probe's first word is in `words`
     seen: np.ndarray  # (2**FILTER_BITS,): whether a gram's hash has these top bits; drops most misses cheaply
     hashes: np.ndarray  # the grams' distinct hashes, sorted
     grams_of: np.ndarray  # (hashes + 1,): the grams of hashes[h] are grams_of[h] : grams_of[h + 1]
@@ -126,11 +191,13 @@ class _Index:
     width: int  # more than any probe's last n-gram position + 1
 
     @classmethod
-    def of(cls, words: list[list[bytes]], n: int, chunk_rows: int) -> _Index:
-        vocabulary = {b"": SEPARATOR}
-        for word in chain.from_iterable(words):
-            vocabulary.setdefault(word, len(vocabulary))
-        ids, starts = _ids(words, vocabulary)
+    def of(cls, items: pa.Array, n: int, chunk_rows: int) -> _Index:
+        """The index of the probes' `_words`."""
+        words = items.take(np.arange(0, len(items), 2))
+        # Sorted, SEPARATOR_WORD (b"\0") comes first: every other word begins with a greater byte.
+        vocabulary = pc.unique(words).sort()
+        ids = _ids(items, vocabulary)
+        starts = np.flatnonzero(ids == SEPARATOR) + 1
         hashes, at = _ngram_hashes(ids, n)
         at = at[np.argsort(hashes[at])]
         hashes = hashes[at]
@@ -139,17 +206,21 @@ class _Index:
         new = np.ones(len(at), bool)
         new[1:] = hashes[1:] != hashes[:-1]
         again = np.flatnonzero(~new)  # the hash of the occurrence before: the same n-gram, or a collision
+        differ, this, before = np.zeros(len(again), bool), at[again], at[again - 1]
         for offset in range(n):
-            new[again] |= ids[at[again] + offset] != ids[at[again - 1] + offset]
+            differ |= ids[offset:][this] != ids[offset:][before]
+        new[again] = differ
         first = np.append(np.flatnonzero(new), len(at))
         hashes = hashes[first[:-1]]
         distinct = _distinct(hashes)
         seen = np.zeros(1 << FILTER_BITS, bool)
         seen[hashes >> np.uint64(64 - FILTER_BITS)] = True
-        probes = np.searchsorted(starts, at, "right") - 1
-        width = max(map(len, words), default=0) + 1
+        probes = _texts(ids)[at]
+        width = int(np.diff(starts, append=len(ids) + 1).max(initial=1))  # a probe's words + 1
         return cls(
             vocabulary,
+            words,
+            starts,
             seen,
             distinct,
             np.append(np.searchsorted(hashes, distinct), len(hashes)),
@@ -160,7 +231,7 @@ class _Index:
             width,
         )
 
-    def occurrences(self, ids: np.ndarray, starts: np.ndarray, n: int) -> np.ndarray:
+    def occurrences(self, ids: np.ndarray, n: int) -> np.ndarray:
         """The numbers, sorted, of the occurrences of each gram in the probes, in each row of `_ids` (at
         most chunk_rows) that holds the gram, once however often the row holds it."""
         hashes, at = _ngram_hashes(ids, n)
@@ -168,14 +239,15 @@ class _Index:
         at = at[np.argsort(hashes[at])]  # searchsorted goes 4 times faster through sorted values
         found = np.minimum(np.searchsorted(self.hashes, hashes[at]), len(self.hashes) - 1)
         hit = self.hashes[found] == hashes[at]
-        at, found = at[hit], found[hit]
-        counts = self.grams_of[found + 1] - self.grams_of[found]
-        at, grams = np.repeat(at, counts), _ranges(self.grams_of[found], counts)
+        at, grams = at[hit], found[hit]
+        gram_count = len(self.columns[0])
+        if len(self.hashes) < gram_count:  # two grams share a hash: a hash's index is not its gram's
+            counts = self.grams_of[grams + 1] - self.grams_of[grams]
+            at, grams = np.repeat(at, counts), _ranges(self.grams_of[grams], counts)
         same = np.ones(len(at), bool)
         for offset, column in enumerate(self.columns):  # a different n-gram of the same hash is no match
-            same &= ids[at + offset] == column[grams]
-        rows = np.searchsorted(starts, at[same], "right") - 1
-        gram_count = len(self.columns[0])
+            same &= ids[offset:][at] == column[grams]
+        rows = _texts(ids)[at[same]]
         rows, grams = np.divmod(_distinct(rows * gram_count + grams[same]), gram_count)
         counts = self.first[grams + 1] - self.first[grams]
         return np.sort(self.occurs[_ranges(self.first[grams], counts)] + np.repeat(rows * self.width, counts))
@@ -208,16 +280,15 @@ def find_overlaps(
     sit apart there, so the run's length is an upper bound of the longest verbatim copy; every n-gram in it
     is a verbatim copy of at least n tokens).
     """
-    probe_words = [_words(text) for text in probes]
-    index = _Index.of(probe_words, n, CHUNK_ROWS)
+    index = _Index.of(_words(probes), n, CHUNK_ROWS)
     if not len(index.hashes):  # no probe has n tokens
         return []
     best_tokens = np.zeros(len(probes), np.int64)
     best_row, best_start = np.zeros_like(best_tokens), np.zeros_like(best_tokens)
     rows, done = iter(training), 0
     while chunk := list(islice(rows, CHUNK_ROWS)):
-        ids, starts = _ids(map(_words, chunk), index.vocabulary)
-        probe, row, start, tokens = index.longest(index.occurrences(ids, starts, n), n)
+        ids = _ids(_words(chunk), index.vocabulary)
+        probe, row, start, tokens = index.longest(index.occurrences(ids, n), n)
         row += done
         longer = tokens > best_tokens[probe]  # strictly: an earlier chunk's row wins a tie
         probe = probe[longer]
@@ -227,7 +298,7 @@ def find_overlaps(
             progress(len(chunk))
     overlaps = []
     for probe in map(int, np.flatnonzero(best_tokens)):
-        start, tokens = int(best_start[probe]), int(best_tokens[probe])
-        run = b" ".join(probe_words[probe][start : start + tokens]).decode()
+        start, tokens = int(index.starts[probe] + best_start[probe]), int(best_tokens[probe])
+        run = b" ".join(index.words[start : start + tokens].to_pylist()).decode()
         overlaps.append(Overlap(probe, int(best_row[probe]), tokens, run))
     return overlaps

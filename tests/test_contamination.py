@@ -169,3 +169,28 @@ def test_a_training_split_of_300k_rows_takes_seconds():
     assert [o.probe for o in overlaps] == list(range(len(probes)))
     assert {o.probe: (o.row, o.text) for o in overlaps if o.tokens > 20} == planted
     assert seconds < 120, f"{seconds:.0f} s"
+
+
+def test_the_words_of_every_character_are_the_normalized_tokens():
+    """Every code point, side by side and one by one: the words cut out in bytes are the tokens of the
+    regular expression on the lowercased text (a character may lowercase to several, as İ)."""
+    characters = "".join(map(chr, range(0x110000)))
+    texts = [characters, " ".join(characters), "", "Two WORDS"]
+    items = contamination._words(texts).to_pylist()
+    assert all(blank and not blank.strip(b" ") for blank in items[1::2])
+    expected = [[b"\0", *(token.encode() for token in normalized_tokens(text))] for text in texts]
+    assert items[::2] == [word for words in expected for word in words]
+
+
+@pytest.mark.parametrize("n", range(1, 20))
+def test_ngram_hashes_are_the_polynomial_of_the_ids(n):
+    rng = np.random.default_rng(n)
+    ids = rng.integers(contamination.UNKNOWN, 5, 500).astype(np.int32)
+    hashes, starts = contamination._ngram_hashes(ids, n)
+    values = ids.astype(np.uint64)
+    horner = values[: len(values) - n + 1].copy()
+    for offset in range(1, n):  # Horner's rule, as the hashes were computed before
+        horner = horner * contamination.MULTIPLIER + values[offset : offset + len(horner)]
+    assert np.array_equal(hashes, horner)
+    whole = [start for start in range(len(ids) - n + 1) if (ids[start : start + n] > 0).all()]
+    assert starts.tolist() == whole
