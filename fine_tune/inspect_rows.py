@@ -32,9 +32,10 @@ GREEN, DIM, BOLD, RESET = "\033[32m", "\033[2m", "\033[1m", "\033[0m"
 
 def collated_rows(config: Config, indices: list[int] | None, count: int) -> Iterator[dict[str, Any]]:
     """The collated tensors of training rows `indices` (or the first `count`) as plain lists, with `row`."""
-    from datasets import disable_progress_bars, load_from_disk
+    from datasets import disable_caching, disable_progress_bars, load_from_disk
 
     disable_progress_bars()  # the rows are the output
+    disable_caching()  # tokenized copies go to temporary files, never into the curated dataset's folder
     paths = RunPaths.of(config)
     require(paths.dataset / "data", "curated dataset", "make data")
     tokenizer = base_tokenizer(config)

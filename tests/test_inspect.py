@@ -17,14 +17,16 @@ def inspect_json(curated, *extra: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("packing", ["false", "true"])
-def test_json_rows_are_the_trainers_own_batches(curated, packing):
-    from datasets import load_from_disk
+def test_json_rows_are_the_trainers_own_batches(curated, packing, request):
+    from datasets import disable_caching, enable_caching, load_from_disk
     from trl import SFTTrainer
 
     from core.model import base_tokenizer
     from core.runs import RunPaths
     from fine_tune.train import load_quantized_model, sft_config
 
+    disable_caching()  # as training does: no cache files in the curated dataset other tests copy
+    request.addfinalizer(enable_caching)
     config = smoke_config(curated, f"train.packing={packing}")
     dataset = load_from_disk(str(RunPaths.of(config).dataset / "data"))
     trainer = SFTTrainer(
@@ -69,5 +71,6 @@ def test_text_rows_show_each_token_its_id_and_whether_it_is_in_the_loss(curated)
     assert example.startswith("-- example 1: tokens 0-")
     assert tokens.startswith("<s>:1 ") and "[</s>:2]" in tokens  # BOS is context, the closing EOS is learnt
     assert "\033[" not in result.stdout  # piped: no colour codes
+    assert not list((curated / "runs" / "smoke" / "dataset").resolve().rglob("cache-*"))  # as make data wrote it
     bad = run_stage("fine_tune.inspect_rows", curated, "--row", "100000", check=False)
     assert bad.returncode == 1 and bad.stderr.strip().startswith("error: ROW=100000: there are")
