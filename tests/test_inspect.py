@@ -71,6 +71,6 @@ def test_text_rows_show_each_token_its_id_and_whether_it_is_in_the_loss(curated)
     assert example.startswith("-- example 1: tokens 0-")
     assert tokens.startswith("<s>:1 ") and "[</s>:2]" in tokens  # BOS is context, the closing EOS is learnt
     assert "\033[" not in result.stdout  # piped: no colour codes
-    assert not list((curated / "runs" / "smoke" / "dataset").resolve().rglob("cache-*"))  # as make data wrote it
+    assert not list((curated / "runs" / "smoke" / "dataset").resolve().rglob("cache-*"))  # as curated
     bad = run_stage("fine_tune.inspect_rows", curated, "--row", "100000", check=False)
     assert bad.returncode == 1 and bad.stderr.strip().startswith("error: ROW=100000: there are")
