@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -66,6 +67,11 @@ def run_stage(main: Callable[[Config, argparse.Namespace], None], parser: argpar
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:
+        # The reader of stdout stopped (`make inspect | head`): nothing more to show it, and no traceback
+        # when Python flushes stdout on the way out.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except Exception as error:
         problem = storage_problem(error)
         if problem is None:
