@@ -218,7 +218,13 @@ def build_trainer(config: Config, paths: RunPaths, fingerprint: dict[str, Any]):
         key = hashlib.sha256(
             json.dumps([fingerprint["dataset"], fingerprint["settings"]]).encode()
         ).hexdigest()
-        dataset = tokenized_rows(load_from_disk(str(source)), tokenizer, key[:16])
+        curated = load_from_disk(str(source))
+        if "controls" not in curated["train"].column_names and config.data.prompt_format != "llama2":
+            raise UserError(
+                f"{paths.dataset} was curated by an earlier version, which did not record where the chat "
+                "template wrote its control tokens: run make data again"
+            )
+        dataset = tokenized_rows(curated, tokenizer, key[:16])
     model = load_quantized_model(config, base)
     tensorboard = TensorBoardCallback()
     tensorboard.logging_dir = str(paths.logs)  # else the evaluation after training logs to checkpoints/runs
