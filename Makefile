@@ -30,12 +30,15 @@ MASTER_PORT ?= 29500
 ROWS ?= 3
 ROW ?=
 FORMAT ?= text
+BESIDE ?=
+HOST ?=
+PORT ?=
 # A value typed after `make` holds anything: spaces, quotes, `$`, backticks, `;`, newlines. Make would
 # expand its `$` (even run a $(shell ...) in it) and a shell would re-parse it once written into a
 # recipe. So each becomes a simple variable holding the raw text and is exported: recipes read it only
 # as "$$NAME", and make only tests whether it is empty or 1.
 USER_VARIABLES := PYTHON CONFIG SET MODEL PROMPT PROMPTS_FILE HUB_REPO BENCH NPROC ACCELERATE_CONFIG NNODES \
-	NODE_RANK MASTER_ADDR MASTER_PORT ROWS ROW FORMAT
+	NODE_RANK MASTER_ADDR MASTER_PORT ROWS ROW FORMAT BESIDE HOST PORT
 $(foreach name,$(USER_VARIABLES),$(eval override $(name) := $$(value $(name))))
 export $(USER_VARIABLES)
 # `--option=value`, so that a value starting with `-` is not taken for an option; SET goes whole to
@@ -61,7 +64,8 @@ MULTI_NODE_CHECK = $(if $(MASTER_ADDR),,$(error NNODES=$(NNODES) needs MASTER_AD
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help install base data train merge push push-data push-if-configured infer chat inspect compare eval export all test test-fast \
+.PHONY: help install base data train merge push push-data push-if-configured infer chat inspect compare eval export serve all \
+	test test-fast \
 	bench bench-docs \
 	gpu-check gpu-check-wheels lint clean distclean
 
@@ -135,7 +139,14 @@ eval: install ## does MODEL's code pass HumanEval's tests (sandboxed)? runs/<run
 	$(call STAGE,inference.evaluate) --model="$$MODEL"
 
 export: install $(VENV)/.export-installed ## GGUF 16-bit, Q8_0, Q4_K_M and an Ollama Modelfile, checked: runs/<run>/gguf
-	$(call STAGE,export)
+	$(call STAGE,export) --model="$$MODEL"
+
+# Exports first what has no GGUF files yet (or older ones than the model), then serves until Ctrl-C.
+serve: install $(VENV)/.export-installed ## OpenAI-compatible API for MODEL [BESIDE=base] on HOST:PORT (127.0.0.1:8000)
+	$(call STAGE,export) --model="$$MODEL" --if-missing
+	$(if $(BESIDE),$(call STAGE,export) --model="$$BESIDE" --if-missing)
+	$(call STAGE,inference.serve) --model="$$MODEL" --beside="$$BESIDE" $(if $(HOST),--host="$$HOST") \
+		$(if $(PORT),--port="$$PORT")
 
 all: install base data train merge compare push-if-configured ## every stage, end to end
 

@@ -248,6 +248,22 @@ class InferenceConfig(Section):
     )
 
 
+class ServeConfig(Section):
+    """`make serve`: the run's GGUF files behind an OpenAI-compatible API (llama.cpp). The API key is never a
+    config value (a profile is committed): clients must send SERVE_API_KEY when it is set, and it must be set
+    when `host` is not a loopback address."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="the address to listen on; HOST= overrides")
+    port: int = Field(8000, ge=0, le=65535, description="0 picks a free port; PORT= overrides")
+    quantization: Literal["16-bit", "Q8_0", "Q4_K_M"] = Field(
+        "Q4_K_M", description="which of make export's files is served (Q4_K_M, as the Ollama Modelfile)"
+    )
+    context: int | None = Field(None, ge=32, description="tokens of context; default the model's own")
+    log_prompt_ids: bool = Field(
+        False, description="write the ids each request fed the model into runs/<run>/logs/serve.jsonl"
+    )
+
+
 class EvalConfig(Section):
     """`make eval`: problems answered by the base and the fine-tuned model, each answer's code run in a
     sandbox against the problem's tests."""
@@ -303,6 +319,7 @@ class Config(Section):
     hub: HubConfig = HubConfig()
     inference: InferenceConfig = InferenceConfig()
     eval: EvalConfig = EvalConfig()
+    serve: ServeConfig = ServeConfig()
 
     @model_validator(mode="after")
     def _something_to_quantize_with(self) -> Config:

@@ -56,6 +56,16 @@ class RunPaths:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    def gguf(self, model: str = "new_model") -> Path:
+        """Where `make export MODEL=model` writes its GGUF files: gguf/ for the fine-tuned model, gguf-base/
+        for the base, gguf-<folder name>/ for a model folder."""
+        return self.root / ("gguf" if model == "new_model" else f"gguf-{Path(model).name}")
+
+    def gguf_file(self, model: str, kind: str) -> Path:
+        """One of them: <run>-<kind>.gguf, <run>-base-<kind>.gguf, <folder name>-<kind>.gguf."""
+        stem = {"new_model": self.root.name, "base": f"{self.root.name}-base"}.get(model, Path(model).name)
+        return self.gguf(model) / f"{stem}-{kind}.gguf"
+
     @property
     def lock(self) -> Path:
         return self.root / ".lock"

@@ -44,10 +44,6 @@ def require_tools() -> None:
         raise UserError(f"llama.cpp's converter is not at {CONVERTER}: {INSTALL_HINT}")
 
 
-def file_name(run_name: str, kind: str) -> str:
-    return f"{run_name}-{kind}.gguf"
-
-
 def converter_failure(folder: Path, output: str) -> str:
     """One line from the converter's traceback: its last error line, and whether it was the tokenizer."""
     lines = [line.strip() for line in output.strip().splitlines() if line.strip()]

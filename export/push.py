@@ -92,7 +92,7 @@ def main(config: Config, args: argparse.Namespace) -> None:
     if repo is None:
         return
     paths = RunPaths.of(config)
-    folder = require(paths.root / "gguf", "GGUF export", "make export")
+    folder = require(paths.gguf(), "GGUF export", "make export")
     gguf_repo = f"{repo}-gguf"
     check_repo_id(gguf_repo, "hub.model_repo + '-gguf' (the GGUF files' repo)")
     files = files_to_push(folder)

@@ -28,7 +28,9 @@ LLAMA3_TOKENIZER = REPO / "tests/fixtures/llama3-tokenizer"
 
 # Fixtures that build a model or curate a run: a test that uses one, even through another fixture, is an
 # e2e test (pyproject.toml's tiers), whatever its own marker says.
-BUILT_FIXTURES = {"smoke_base_dir", "pipeline", "curated", "llama2_base_dir", "llama2_curated"}
+BUILT_FIXTURES = {
+    "smoke_base_dir", "pipeline", "curated", "llama2_base_dir", "llama2_curated", "llama2_exported",
+}  # fmt: skip
 
 
 def built(value: str) -> object:
@@ -200,3 +202,68 @@ def fresh_run(curated: Path, name: str) -> Path:
     (target / "base").symlink_to((curated / "base").resolve())
     (target / "runs" / "smoke" / "dataset").symlink_to(curated / "runs" / "smoke" / "dataset")
     return target
+
+
+@pytest.fixture(scope="session")
+def llama2_exported(pipeline, tmp_path_factory):
+    """The smoke run's curated data with, as its merged model, a small random Llama with Meta's Llama-2
+    tokenizer (1,024 positions), exported once by `python -m export`: (tmp, run folder, the stage's
+    result)."""
+    pytest.importorskip("llama_cpp", reason="make test installs requirements-export.txt")
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from core.model import load_tokenizer
+
+    tmp = tmp_path_factory.mktemp("export")
+    run = tmp / "runs" / "smoke"
+    shutil.copytree(pipeline[1] / "dataset", run / "dataset")
+    tokenizer = load_tokenizer(str(LLAMA2_TOKENIZER))
+    torch.manual_seed(0)
+    shape = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2}
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=1024, **shape))
+    model.save_pretrained(run / "merged")
+    tokenizer.save_pretrained(run / "merged")
+    return tmp, run, run_stage("export", tmp)
+
+
+class Server:
+    """`make serve` (or any command that serves) started as a user starts it, in its own process group as a
+    terminal runs it, its stderr read as it comes; `url` is where it says it listens."""
+
+    def __init__(self, command: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> None:
+        import re
+        import threading
+
+        self.process = subprocess.Popen(
+            command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})}, start_new_session=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        listening = threading.Event()
+
+        def read() -> None:
+            for line in self.process.stderr:
+                self.lines.append(line)
+                if re.search(r"serving .* at http://", line):
+                    listening.set()
+            listening.set()  # the process ended
+
+        threading.Thread(target=read, daemon=True).start()
+        listening.wait(timeout)
+        found = [re.search(r"at (http://\S+/v1)", line) for line in self.lines]
+        urls = [match.group(1) for match in found if match]
+        if not urls:
+            self.stop()
+            raise AssertionError(f"the server did not start: {''.join(self.lines)[-3000:]}")
+        self.url = urls[0]
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self, sig: int = 2) -> int:
+        """Ctrl-C (SIGINT) to the whole process group, as a terminal sends it; the exit status."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+        return self.process.wait(timeout=60)

@@ -19,7 +19,7 @@ from core.prompts import Llama2Format
 from export.check import answer_nll, common_prefix, first_difference, perplexity
 from export.gguf import converter_failure
 from export.modelfile import modelfile, ollama_template
-from tests.conftest import LLAMA2_TOKENIZER, run_stage
+from tests.conftest import run_stage
 from tests.test_e2e import assert_one_error
 
 SYSTEM = "You are a careful Python tutor."
@@ -80,29 +80,13 @@ def test_modelfile_gives_the_system_prompt_stops_and_decoding():
 
 
 # ---- through llama.cpp ----------------------------------------------------------------------------------
-# The smoke run's curated data, and as its merged model a small random Llama with Meta's Llama-2 tokenizer
-# (the 7B profile's, tests/fixtures/llama2-tokenizer): the tokenizer llama.cpp must reproduce.
+# conftest.py's llama2_exported: the smoke run's curated data, and as its merged model a small random Llama
+# with Meta's Llama-2 tokenizer (the 7B profile's): the tokenizer llama.cpp must reproduce.
 
 
-@pytest.fixture(scope="module")
-def exported(pipeline, tmp_path_factory):
-    """That run exported once: (tmp, run folder, the stage's result)."""
-    pytest.importorskip("llama_cpp", reason="make test installs requirements-export.txt")
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from core.model import load_tokenizer
-
-    tmp = tmp_path_factory.mktemp("export")
-    run = tmp / "runs" / "smoke"
-    shutil.copytree(pipeline[1] / "dataset", run / "dataset")
-    tokenizer = load_tokenizer(str(LLAMA2_TOKENIZER))
-    torch.manual_seed(0)
-    shape = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2}
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=1024, **shape))
-    model.save_pretrained(run / "merged")
-    tokenizer.save_pretrained(run / "merged")
-    return tmp, run, run_stage("export", tmp)
+@pytest.fixture
+def exported(llama2_exported):
+    return llama2_exported
 
 
 @pytest.mark.e2e
