@@ -2,8 +2,9 @@
 
 The base is loaded unquantized in `merge.dtype` (bf16 by default; float32 where a CPU check needs
 exact logits), the adapter applied and merged in place with `merge_and_unload`, and the result saved as
-safetensors shards (`merge.max_shard_size`) with the tokenizer (Llama-2 chat template), a generation
-config (EOS and pad ids) and a model card. A self-check then reloads the saved model and compares its
+safetensors shards (`merge.max_shard_size`) with the tokenizer (the run's chat template), a generation
+config (EOS and pad ids, and the profile's decoding: what `vllm serve` and `generate` default to) and a
+model card. A self-check then reloads the saved model and compares its
 logits with those of base + adapter computed before the merge; the result is printed and written to
 runs/<run>/reports/merge_check.json, and a merge that fails it is never moved into place.
 
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 from core.cli import run_stage, stage_parser
-from core.config import Config
+from core.config import Config, InferenceConfig
 from core.errors import UserError
 from core.model import answer_ids_batch, chat_format, load_model_config, load_tokenizer, resolve_base
 from core.prompts import curated_row
@@ -71,6 +72,16 @@ def masked_logits(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     return logits[inputs["attention_mask"].bool()]
 
 
+def profile_decoding(generation, settings: InferenceConfig) -> None:
+    """The profile's decoding as the model's defaults: greedy, or sampling at its temperature and top_p (a
+    greedy config may hold neither: transformers refuses to save one that does)."""
+    generation.do_sample = settings.do_sample
+    generation.temperature = settings.temperature if settings.do_sample else None
+    generation.top_p = settings.top_p if settings.do_sample else None
+    generation.repetition_penalty = settings.repetition_penalty
+    generation.max_new_tokens = settings.max_new_tokens
+
+
 def refuse_quantized_base(base: str, revision: str | None) -> None:
     """Merging into 4-bit weights loses the adapter's precision: the base must be stored unquantized."""
     if getattr(load_model_config(base, revision), "quantization_config", None):
@@ -115,6 +126,7 @@ def merge(config: Config, paths: RunPaths, adapter: Path) -> None:
     generation = merged.generation_config
     generation.bos_token_id, generation.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     generation.pad_token_id = tokenizer.pad_token_id
+    profile_decoding(generation, config.inference)
     merged.config.use_cache = True
 
     with atomic_dir(paths.merged) as staging:

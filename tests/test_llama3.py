@@ -165,3 +165,37 @@ def test_the_run_exports_to_gguf_with_its_template_and_llama_cpp_agrees(run, lla
         "<|start_header_id|>assistant<|end_header_id|>" in modelfile
         and 'PARAMETER stop "<|eot_id|>"' in modelfile
     )
+
+
+def test_make_serve_feeds_what_the_template_renders_and_stops_on_eot(run, llama3_base_dir, tokenizer):
+    """`make serve` on the Llama-3 run (it exports first if it must): a system prompt and a closed turn
+    reach llama.cpp as the ids of Meta's template (one `<|begin_of_text|>`), and `<|eot_id|>` ends the
+    answer. What `vllm serve` reads from the merged folder gives the same ids and stops on the same token."""
+    pytest.importorskip("llama_cpp", reason="make test installs requirements-export.txt")
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from tests.conftest import Server
+    from tests.test_serve import client, last_request, serve_command
+
+    tmp = run.parent.parent
+    settings = f"model.name_or_path={llama3_base_dir} data.prompt_format=chat_template"
+    server = Server(serve_command(tmp, settings=settings))
+    messages = [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sort a list?"},
+        {"role": "assistant", "content": "sorted(xs)"}, {"role": "user", "content": "And a dict?"},
+    ]  # fmt: skip
+    try:
+        client(server).chat.completions.create(model="new_model", messages=messages, max_tokens=2)
+        rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
+        template_ids = list(rendered["input_ids"])
+        assert last_request(tmp)["prompt_ids"] == template_ids and template_ids.count(BOS) == 1
+        stopped = client(server).chat.completions.create(
+            model="new_model", messages=messages, logit_bias={str(EOT): 100}
+        )
+        assert stopped.choices[0].finish_reason == "stop" and stopped.choices[0].message.content == ""
+    finally:
+        assert server.stop() in (130, 2, -2)
+    as_vllm_loads = AutoTokenizer.from_pretrained(run / "merged")
+    text = as_vllm_loads.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert as_vllm_loads(text, add_special_tokens=False)["input_ids"] == template_ids
+    assert EOT in [GenerationConfig.from_pretrained(run / "merged").eos_token_id, as_vllm_loads.eos_token_id]

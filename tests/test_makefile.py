@@ -21,7 +21,16 @@ from tests.conftest import REPO
 
 STAGE_VARIABLES = ("CONFIG", "SET", "MODEL", "PROMPT", "PROMPTS_FILE", "HUB_REPO")
 NODE_VARIABLES = ("NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
-VARIABLES = (*STAGE_VARIABLES, "PYTHON", "BENCH", "NPROC", "ACCELERATE_CONFIG", *NODE_VARIABLES)
+SERVE_VARIABLES = ("BESIDE", "HOST", "PORT")
+VARIABLES = (
+    *STAGE_VARIABLES,
+    "PYTHON",
+    "BENCH",
+    "NPROC",
+    "ACCELERATE_CONFIG",
+    *NODE_VARIABLES,
+    *SERVE_VARIABLES,
+)
 # An outer make (`make test`) passes its command line down through these.
 MAKE_ENVIRONMENT = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
 # The stand-in interpreter: records its name and arguments, one JSON list a line, next to its bin/.
@@ -88,7 +97,7 @@ def venv(tmp_path: Path) -> Path:
         ("chat", "inference.chat", ["--model={}"]),
         ("compare", "inference.compare", ["--model={}"]),
         ("eval", "inference.evaluate", ["--model={}"]),
-        ("export", "export", []),
+        ("export", "export", ["--model={}"]),
         ("infer", "inference", ["--model={}", "--prompt={}", "--prompts-file={}"]),
         ("push-data", "data_prep.push", ["--set=hub.dataset_repo={}"]),
     ],
@@ -99,6 +108,26 @@ def test_each_target_passes_its_variables_as_single_arguments(tmp_path, venv, ta
     assert result.returncode == 0, result.stderr
     expected = ["-m", module, f"--config={value}", f"--sets={value}", *(arg.format(value) for arg in extra)]
     assert calls(venv) == [["python", *expected]]
+    nothing_ran(tmp_path)
+
+
+def test_serve_exports_what_it_serves_then_serves_it_on_host_and_port(tmp_path, venv):
+    value = hostile(tmp_path)
+    variables = [f"{name}={value}" for name in ("CONFIG", "SET", "MODEL", *SERVE_VARIABLES)]
+    result = make("serve", f"VENV={venv}", *variables)
+    assert result.returncode == 0, result.stderr
+    common = ["--config=" + value, f"--sets={value}"]
+    assert calls(venv) == [
+        ["python", "-m", "export", *common, f"--model={value}", "--if-missing"],
+        ["python", "-m", "export", *common, f"--model={value}", "--if-missing"],
+        [
+            "python",
+            "-m",
+            "inference.serve",
+            *common,
+            *(f"--{name}={value}" for name in ("model", "beside", "host", "port")),
+        ],
+    ]
     nothing_ran(tmp_path)
 
 

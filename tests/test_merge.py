@@ -8,9 +8,10 @@ import shutil
 import pytest
 import torch
 
-from core.config import DEFAULT_SYSTEM_PROMPT
+from core.config import DEFAULT_SYSTEM_PROMPT, load_config
+from core.prompts import messages as messages_of
 from core.prompts import render_prompt
-from tests.conftest import run_stage
+from tests.conftest import SMOKE, run_stage
 
 pytestmark = pytest.mark.e2e
 
@@ -29,11 +30,38 @@ def test_the_merged_folder_has_the_chat_template_generation_config_card_and_chec
     generation = GenerationConfig.from_pretrained(merged)
     assert generation.eos_token_id == tokenizer.eos_token_id
     assert generation.pad_token_id == tokenizer.pad_token_id != tokenizer.eos_token_id
+    profile = load_config(SMOKE, []).inference
+    assert (generation.do_sample, generation.temperature, generation.top_p) == (False, None, None)
+    assert (generation.max_new_tokens, generation.repetition_penalty) == (
+        profile.max_new_tokens,
+        profile.repetition_penalty,
+    )
     card = ModelCard((merged / "README.md").read_text())
     assert card.data.library_name == "transformers" and "Merge self-check passed" in card.text
     check = json.loads((run / "reports" / "merge_check.json").read_text())
     assert check["passed"] and check["weight_files"] == ["model.safetensors"]
     assert 0 < check["weights_mb"] < check["peak_rss_mb"]
+
+
+def test_vllm_serve_gets_the_trained_prompt_its_stop_token_and_the_profiles_decoding(pipeline):
+    """What `vllm serve runs/<run>/merged` reads, without vLLM: it renders the tokenizer's chat template to
+    text and encodes it without adding special tokens, stops on the generation config's EOS, and takes its
+    sampling defaults from the generation config. The ids equal the ones training and make serve use."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from core.model import chat_format, load_tokenizer, prompt_ids
+
+    _, run = pipeline
+    merged = run / "merged"
+    as_vllm_loads = AutoTokenizer.from_pretrained(merged)
+    ours = load_tokenizer(str(merged))
+    system, history, user = "Be brief.", [("Sort a list?", "sorted(xs)")], "And a dict by value?"
+    messages = messages_of(user, system, history)
+    text = as_vllm_loads.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    vllm_ids = as_vllm_loads(text, add_special_tokens=False)["input_ids"]
+    assert vllm_ids == prompt_ids(ours, chat_format(ours).rendered_prompt(user, system, history))
+    generation = GenerationConfig.from_pretrained(merged)
+    assert generation.eos_token_id == ours.eos_token_id and generation.max_new_tokens is not None
 
 
 def test_the_cards_loading_snippet_runs(pipeline, capsys):

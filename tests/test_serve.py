@@ -27,20 +27,14 @@ pytestmark = pytest.mark.e2e
 openai = pytest.importorskip("openai")
 
 
-def serve_command(tmp: Path, *variables: str) -> list[str]:
-    """`make serve` on the smoke profile with its outputs under tmp, on a free port, logging prompt ids."""
-    settings = (
+def serve_command(tmp: Path, *variables: str, settings: str = "") -> list[str]:
+    """`make serve` on the smoke profile (with `settings`) with its outputs under tmp, on a free port,
+    logging prompt ids."""
+    outputs = (
         f"run.output_dir={tmp / 'runs'} model.embedded.cache_dir={tmp / 'base'} serve.log_prompt_ids=true"
     )
-    return [
-        "make",
-        "--no-print-directory",
-        "serve",
-        f"CONFIG={SMOKE}",
-        f"SET={settings}",
-        "PORT=0",
-        *variables,
-    ]
+    command = ["make", "--no-print-directory", "serve", f"CONFIG={SMOKE}", f"SET={outputs} {settings}"]
+    return [*command, "PORT=0", *variables]
 
 
 def client(server: Server, key: str = "unused") -> openai.OpenAI:
