@@ -259,6 +259,9 @@ class ServeConfig(Section):
         "Q4_K_M", description="which of make export's files is served (Q4_K_M, as the Ollama Modelfile)"
     )
     context: int | None = Field(None, ge=32, description="tokens of context; default the model's own")
+    threads: int | None = Field(
+        None, ge=1, description="llama.cpp's threads per answer; default half the CPUs (docs/inference.md)"
+    )
     log_prompt_ids: bool = Field(
         False, description="write the ids each request fed the model into runs/<run>/logs/serve.jsonl"
     )

@@ -76,7 +76,10 @@ def load(config: Config, paths: RunPaths, name: str) -> ServedModel:
     log.info("loading %s: %s", name, file)
     with llama_cpp_without_amx():  # docs/cpus.md: llama.cpp's AMX kernels crash on small quantized models
         llama = Llama(
-            model_path=str(file), n_ctx=config.serve.context or 0, n_threads=os.cpu_count(), verbose=False
+            model_path=str(file),
+            n_ctx=config.serve.context or 0,
+            n_threads=config.serve.threads,
+            verbose=False,
         )
     if llama.n_vocab() != len(tokenizer):
         llama.close()
