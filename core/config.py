@@ -158,6 +158,51 @@ class LoraConfig(Section):
         return value
 
 
+PROMPT_LEARNING_METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning")
+# The peft settings that belong to some methods only: another method refuses them.
+METHOD_SETTINGS = {
+    "num_virtual_tokens": PROMPT_LEARNING_METHODS,
+    "prompt_init_text": ("prompt_tuning",),
+    "encoder_hidden_size": ("p_tuning",),
+    "init_r": ("adalora",),
+}
+
+
+class PeftConfig(Section):
+    """`peft.method`: the parameter-efficient method training uses (docs/peft-methods.md). The LoRA family
+    (lora, dora, rslora, olora, adalora) reads `lora:` (for adalora, lora.r is the rank it prunes to); ia3
+    scales PEFT's default modules of the architecture; the prompt-learning methods learn virtual tokens and
+    change no layer of the base, so they cannot be merged."""
+
+    method: Literal[
+        "lora", "dora", "rslora", "olora", "adalora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning"
+    ] = "lora"  # fmt: skip
+    num_virtual_tokens: int = Field(
+        20, ge=1, description="prompt_tuning, prefix_tuning, p_tuning: tokens learned"
+    )
+    prompt_init_text: str | None = Field(
+        None,
+        min_length=1,
+        description="prompt_tuning: start the virtual tokens from this text (default random)",
+    )
+    encoder_hidden_size: int | None = Field(
+        None, ge=1, description="p_tuning: the prompt encoder's width (default the model's hidden size)"
+    )
+    init_r: int | None = Field(
+        None,
+        ge=1,
+        description="adalora: the rank every matrix starts at, pruned to lora.r (default 1.5 x lora.r)",
+    )
+
+    @model_validator(mode="after")
+    def _settings_of_the_method(self) -> PeftConfig:
+        for name in sorted(self.model_fields_set):
+            owners = METHOD_SETTINGS.get(name)
+            if owners and self.method not in owners:
+                raise ValueError(f"{name} is a setting of {', '.join(owners)}, not of method {self.method}")
+        return self
+
+
 class TrainConfig(Section):
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, ge=-1, description="-1: run the epochs")
@@ -317,12 +362,38 @@ class Config(Section):
     data: DataConfig
     quant: QuantConfig = QuantConfig()
     lora: LoraConfig = LoraConfig()
+    peft: PeftConfig = PeftConfig()
     train: TrainConfig = TrainConfig()
     merge: MergeConfig = MergeConfig()
     hub: HubConfig = HubConfig()
     inference: InferenceConfig = InferenceConfig()
     eval: EvalConfig = EvalConfig()
     serve: ServeConfig = ServeConfig()
+
+    @model_validator(mode="after")
+    def _a_method_peft_runs_with_these_settings(self) -> Config:
+        """The combinations PEFT (0.21) cannot train or the pipeline cannot use, refused before loading."""
+        method = self.peft.method
+        if method == "dora" and self.quant.bits == 8:
+            raise ValueError(
+                "peft.method dora fails on bitsandbytes' 8-bit layers (PEFT 0.21): use quant.bits 4 or 16"
+            )
+        if method == "prefix_tuning" and self.train.gradient_checkpointing:
+            raise ValueError(
+                "peft.method prefix_tuning does not work with gradient checkpointing (PEFT refuses it): set "
+                "train.gradient_checkpointing=false"
+            )
+        if method in PROMPT_LEARNING_METHODS and self.train.packing:
+            raise ValueError(
+                f"peft.method {method} puts its virtual tokens before each row, and train.packing puts "
+                "several examples in one row (only the first would see them): set train.packing=false"
+            )
+        if method in PROMPT_LEARNING_METHODS and self.hub.push_merged:
+            raise ValueError(
+                f"hub.push_merged: a {method} adapter cannot be merged into the base; set "
+                "hub.push_merged=false (make push uploads the adapter, which loads on its base)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _something_to_quantize_with(self) -> Config:

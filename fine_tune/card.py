@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from core.config import Config
+from core.config import PROMPT_LEARNING_METHODS, Config
 from core.prompts import render_completion, render_prompt
 from core.runs import RunPaths
 
@@ -40,6 +40,14 @@ def table(rows: dict[str, Any], header: tuple[str, str]) -> str:
     return "\n".join(lines)
 
 
+METHOD_NAMES = {
+    "lora": "LoRA", "dora": "DoRA (weight-decomposed LoRA)", "rslora": "rsLoRA (rank-stabilised LoRA)",
+    "olora": "OLoRA (orthonormal initialisation, saved as LoRA)", "adalora": "AdaLoRA (adaptive rank)",
+    "ia3": "IA3 (learned scaling vectors)", "prompt_tuning": "prompt tuning",
+    "prefix_tuning": "prefix tuning", "p_tuning": "P-tuning (prompt encoder)",
+}  # fmt: skip
+
+
 def hyperparameters(config: Config) -> dict[str, Any]:
     quant = config.quant
     lora = config.lora
@@ -53,13 +61,20 @@ def hyperparameters(config: Config) -> dict[str, Any]:
         "auto": "auto (PEFT's choice for the architecture)",
         "all-linear": "all-linear (every linear layer but the output head)",
     }
+    peft = config.peft
     rows: dict[str, Any] = {
+        "PEFT method": METHOD_NAMES[peft.method],
         "quantization": quantization[quant.bits],
-        "LoRA": f"r {lora.r}, alpha {lora.alpha}, dropout {lora.dropout}, bias {lora.bias}",
-        "LoRA target modules": targets[lora.target_modules]
-        if isinstance(lora.target_modules, str)
-        else ", ".join(lora.target_modules),
     }
+    if peft.method in PROMPT_LEARNING_METHODS:
+        rows["virtual tokens"] = peft.num_virtual_tokens
+    elif peft.method != "ia3":
+        rows["LoRA"] = f"r {lora.r}, alpha {lora.alpha}, dropout {lora.dropout}, bias {lora.bias}"
+        rows["LoRA target modules"] = (
+            targets[lora.target_modules]
+            if isinstance(lora.target_modules, str)
+            else ", ".join(lora.target_modules)
+        )
     rows.update({name: value for name, value in config.train.model_dump().items() if name != "resume"})
     rows["seed"] = config.run.seed
     return rows
@@ -148,13 +163,15 @@ def summary(config: Config, kind: Kind, base_id: str | None) -> str:
         base = "the embedded base model (`make base`)"
     else:
         base = f"`{config.model.name_or_path}`"
+    method = METHOD_NAMES[config.peft.method]
     what = (
-        "A LoRA adapter"
+        f"A {method} adapter"
         if kind == "adapter"
-        else f"The LoRA adapter merged into a {config.merge.dtype} copy of its unquantized base"
+        else f"The {method} adapter merged into a {config.merge.dtype} copy of its unquantized base"
     )
+    quantized = {4: ", 4-bit base (QLoRA)", 8: ", 8-bit base", 16: ""}[config.quant.bits]
     return (
-        f"{what}: supervised fine-tuning (TRL's `SFTTrainer`, QLoRA) of {base} on Llama-2 chat prompts "
+        f"{what}: supervised fine-tuning (TRL's `SFTTrainer`{quantized}) of {base} on Llama-2 chat prompts "
         f"(run `{config.run.name}`). The loss covered only the answers and their end-of-sequence token.\n"
     )
 
@@ -184,7 +201,8 @@ def model_card(config: Config, kind: Kind, model_id: str, base_id: str | None, l
     from huggingface_hub import ModelCardData
 
     trained = kind != "base"
-    tags = ["trl", "sft", "qlora", "lora", "llama-2"] if trained else ["llama", "text-generation"]
+    method_tags = ["qlora"] * (config.quant.bits == 4) + [config.peft.method.replace("_", "-")]
+    tags = ["trl", "sft", *method_tags, "llama-2"] if trained else ["llama", "text-generation"]
     if kind == "merged":
         tags.append("merge")
     metadata = ModelCardData(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import shutil
 from pathlib import Path
 
 import torch
@@ -102,7 +103,28 @@ def main(config: Config, args: argparse.Namespace) -> None:
             "from the run's last checkpoint"
         ) from None
     with run_folder_lock(paths, "make merge"):
+        if not merges_into_weights(adapter):
+            return
         merge(config, paths, adapter)
+
+
+def merges_into_weights(adapter: Path) -> bool:
+    """False, saying so in one line, for a prompt-learning adapter (prompt or prefix tuning, P-tuning): its
+    virtual tokens are inputs, not a change of weights. A merged folder left by an earlier adapter of this
+    run is removed: it is not this adapter's model, and infer would take it for the fine-tuned one."""
+    from peft import PeftConfig
+
+    method = PeftConfig.from_pretrained(str(adapter))
+    if not method.is_prompt_learning:
+        return True
+    stale = adapter.parent / "merged"
+    if stale.exists():
+        shutil.rmtree(stale)
+    log.info(
+        "nothing to merge: a %s adapter learns virtual tokens, which no weight can hold; infer, chat, "
+        "compare, eval and push use the base with the adapter (%s)", method.peft_type.value.lower(), adapter,
+    )  # fmt: skip
+    return False
 
 
 def merge(config: Config, paths: RunPaths, adapter: Path) -> None:

@@ -78,6 +78,8 @@ def training_fingerprint(config: Config, dataset_dir: Path) -> dict[str, Any]:
     settings = {"run.seed": config.run.seed}
     for section in FINGERPRINTED_SECTIONS:
         settings.update(flatten(dumped[section], section))
+    if config.peft.method != "lora":  # LoRA's runs keep the fingerprint they had before peft.method existed
+        settings.update(flatten(dumped["peft"], "peft"))
     settings = {key: value for key, value in sorted(settings.items()) if key not in NOT_FINGERPRINTED}
     return {"dataset": dataset_digest(dataset_dir), "settings": settings, "length": training_length(config)}
 

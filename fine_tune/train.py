@@ -1,10 +1,11 @@
 """`make train`: QLoRA supervised fine-tuning with TRL's SFTTrainer on the curated dataset.
 
 The base as `quant.bits` says: 4-bit NF4 (QLoRA) or 8-bit LLM.int8 (bitsandbytes), each prepared by
-`prepare_model_for_kbit_training`, or unquantized in the compute dtype; LoRA adapters (PEFT) on
-`lora.target_modules` (a list, all-linear, or auto: PEFT's choice for the architecture), loss on the
-completion only, evaluation on the validation split. Checkpoints go to runs/<run>/checkpoints and the
-run resumes from the newest one; the final adapter is written atomically to runs/<run>/adapter.
+`prepare_model_for_kbit_training`, or unquantized in the compute dtype; adapters of `peft.method`
+(fine_tune/peft_methods.py): LoRA by default, on `lora.target_modules` (a list, all-linear, or auto: PEFT's
+choice for the architecture), loss on the completion only, evaluation on the validation split.
+Checkpoints go to runs/<run>/checkpoints and the run resumes from the newest one; the final adapter is
+written atomically to runs/<run>/adapter.
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ from core.model import (
 from core.patches import control_cpu_repack, score_supervised_positions_only
 from core.prompts import curated_row
 from core.runs import RunPaths, atomic_dir, require, run_folder_lock, write_json_atomic
+from fine_tune.peft_methods import (
+    LORA_FAMILY,
+    PROVISIONAL_ADALORA_STEPS,
+    adalora_budget,
+    olora_initial,
+    peft_config,
+    save_adapter,
+    save_initial_olora,
+    schedule_adalora,
+)
 from fine_tune.report import batch_statistics, peak_cuda_mb, peak_rss_mb, plot_loss_curve
 from fine_tune.resume import (
     FINGERPRINT_FILE,
@@ -83,6 +94,16 @@ def check_before_work(config: Config) -> None:
             + (f" (did you mean {', '.join(close)}?)" if close else f" (one of {', '.join(optimizers)})")
         )
     model_config = load_model_config(resolve_base(config), config.model.revision)
+    if config.peft.method == "ia3":
+        from peft.utils import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as IA3_DEFAULTS
+
+        if model_config.model_type not in IA3_DEFAULTS:
+            raise UserError(
+                f"peft.method ia3: PEFT has no default modules for a {model_config.model_type} model; use a "
+                "LoRA-family method"
+            )
+    if config.peft.method not in LORA_FAMILY:
+        return
     targets = lora_targets(config, model_config.model_type)
     if targets == "all-linear":
         return
@@ -104,9 +125,9 @@ def check_before_work(config: Config) -> None:
 
 
 def load_quantized_model(config: Config, base: str):
-    """The base as `quant.bits` says (4-bit, 8-bit, or unquantized in the compute dtype) with fresh LoRA
-    adapters on `lora.target_modules`."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    """The base as `quant.bits` says (4-bit, 8-bit, or unquantized in the compute dtype) with fresh adapters
+    of `peft.method` (LoRA on `lora.target_modules` by default)."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 
     dtype = compute_dtype(config)
@@ -123,15 +144,10 @@ def load_quantized_model(config: Config, base: str):
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=config.train.gradient_checkpointing
         )
-    lora = LoraConfig(
-        r=config.lora.r,
-        lora_alpha=config.lora.alpha,
-        lora_dropout=config.lora.dropout,
-        bias=config.lora.bias,
-        target_modules=lora_targets(config, model.config.model_type),
-        task_type="CAUSAL_LM",
+    # AdaLoRA's schedule is set to the run's real length once the trainer has counted it (schedule_adalora).
+    return get_peft_model(
+        model, peft_config(config, model.config.model_type, base, PROVISIONAL_ADALORA_STEPS)
     )
-    return get_peft_model(model, lora)
 
 
 def sft_config(config: Config, output_dir: Path):
@@ -229,6 +245,10 @@ def build_trainer(config: Config, paths: RunPaths, fingerprint: dict[str, Any]):
     tensorboard = TensorBoardCallback()
     tensorboard.logging_dir = str(paths.logs)  # else the evaluation after training logs to checkpoints/runs
     callbacks = [tensorboard, save_fingerprint_callback(fingerprint)]
+    if config.peft.method == "adalora":
+        callbacks.append(adalora_budget())
+    if config.peft.method == "olora":
+        save_initial_olora(model, olora_initial(paths))
     if config.train.early_stopping_patience and config.train.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.train.early_stopping_patience))
     with counting_dataset_steps() as preparing:
@@ -305,8 +325,17 @@ def write_adapter_from_checkpoint(
     if config.train.load_best_model_at_end and best is not None and best.is_dir():
         source = best
     with atomic_dir(paths.adapter) as staging:
-        for name in ("adapter_config.json", "adapter_model.safetensors"):
-            shutil.copy2(source / name, staging / name)
+        if config.peft.method == "olora":  # its checkpoints fit only the base OLoRA mutated: converted here
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            model = load_quantized_model(config, resolve_base(config))  # mutates the base as training did
+            save_initial_olora(model, olora_initial(paths))
+            set_peft_model_state_dict(model, load_file(source / "adapter_model.safetensors"))
+            save_adapter(model, staging, config, olora_initial(paths))
+        else:
+            for name in ("adapter_config.json", "adapter_model.safetensors"):
+                shutil.copy2(source / name, staging / name)
         # This run's fingerprint, not the checkpoint's: a best checkpoint saved before the run was lengthened
         # holds the old length, and the adapter would then never count as this run's.
         write_fingerprint(staging, fingerprint)
@@ -375,6 +404,8 @@ def train(config: Config, paths: RunPaths) -> None:
     if resume is not None:  # where in the data, on any number of processes (fine_tune/scale.py)
         trainer.resume_plan = resume_plan(trainer, resume, config)
     planned_steps = trainer.set_initial_training_values(trainer.args, dataloader)[-1]
+    if config.peft.method == "adalora":
+        schedule_adalora(trainer.model, planned_steps)
     if resume is not None:
         if planned_steps <= resume.step:
             raise UserError(
@@ -397,7 +428,7 @@ def train(config: Config, paths: RunPaths) -> None:
         return
 
     with atomic_dir(paths.adapter) as staging:
-        trainer.model.save_pretrained(staging)
+        save_adapter(trainer.model, staging, config, olora_initial(paths))
         trainer.processing_class.save_pretrained(staging)
         write_fingerprint(staging, fingerprint)
     # Figures are of this process's work only: the steps, tokens and time since it started or resumed.
