@@ -165,7 +165,7 @@ def summary(config: Config, kind: Kind, base_id: str | None) -> str:
         base = f"`{config.model.name_or_path}`"
     method = METHOD_NAMES[config.peft.method]
     what = (
-        f"A {method} adapter"
+        f"{'An' if method[0] in 'AEIOU' else 'A'} {method} adapter"
         if kind == "adapter"
         else f"The {method} adapter merged into a {config.merge.dtype} copy of its unquantized base"
     )

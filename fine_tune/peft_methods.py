@@ -7,7 +7,9 @@ each method needs beyond `get_peft_model`.
   moves that part out of the base. An OLoRA adapter only fits the base it mutated, so the adapter a run
   writes is converted to plain LoRA against the untouched base (PEFT's own conversion, rank 2r).
 - adalora: LoRA whose rank budget moves between matrices while training, from peft.init_r down to lora.r;
-  it reallocates after each backward pass (AdaLoraBudget), which the Trainer does not call by itself.
+  it reallocates after each backward pass (adalora_budget), which the Trainer does not call by itself. A
+  pruned rank keeps its place with a zero singular value, in checkpoints and in the adapter, so that a run
+  resumes from any checkpoint into the same shapes.
 - ia3: learned scaling vectors on PEFT's default modules of the architecture (Llama: k_proj, v_proj and
   the feed-forward down_proj): the fewest parameters.
 - prompt_tuning, prefix_tuning (per-layer key/value prefixes), p_tuning (virtual tokens from a small
@@ -67,7 +69,7 @@ def peft_config(config: Config, model_type: str, base: str, total_steps: int):
     if method == "adalora":
         return AdaLoraConfig(
             **shared, init_r=settings.init_r or math.ceil(1.5 * lora.r), target_r=lora.r,
-            total_step=total_steps, tinit=total_steps // 10, tfinal=total_steps // 5,
+            total_step=total_steps, tinit=total_steps // 10, tfinal=0,
         )  # fmt: skip
     return LoraConfig(
         **shared, r=lora.r, use_dora=method == "dora", use_rslora=method == "rslora",
@@ -76,22 +78,23 @@ def peft_config(config: Config, model_type: str, base: str, total_steps: int):
 
 
 def schedule_adalora(model: Any, total_steps: int) -> None:
-    """AdaLoRA's pruning schedule over the run's real length: a tenth of the steps to warm up, the last fifth
-    at the final budget (the shape of PEFT's example)."""
+    """AdaLoRA's pruning schedule over the run's real length: a tenth of the steps at the initial rank, then
+    the budget shrinks to lora.r by the last step (tfinal 0: PEFT's final phase would shrink the saved
+    tensors, and a checkpoint saved then could not be resumed into the model's shapes)."""
     adapter = model.peft_config["default"]
-    adapter.total_step, adapter.tinit, adapter.tfinal = total_steps, total_steps // 10, total_steps // 5
+    adapter.total_step, adapter.tinit, adapter.tfinal = total_steps, total_steps // 10, 0
 
 
 def adalora_budget():
-    """The callback that lets AdaLoRA move its rank budget after each backward pass, before the optimizer
-    steps (its gradients are gone after it)."""
+    """The callback that lets AdaLoRA move its rank budget at each step: after the optimizer's step (which
+    would otherwise move the singular values it zeroes) and before the gradients it scores are cleared."""
     from transformers import TrainerCallback
 
     class AdaLoraBudget(TrainerCallback):
-        def on_pre_optimizer_step(
-            self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
-        ):
+        def on_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any):
             model.base_model.update_and_allocate(state.global_step)
+            # The pattern it records only makes saving cut the pruned ranks out (see schedule_adalora).
+            model.peft_config["default"].rank_pattern = None
 
     return AdaLoraBudget()
 
