@@ -61,7 +61,8 @@ def validation_loss(model, tokenizer, rows: list[dict], batch_size: int) -> floa
         labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in pairs])
         attention_mask = torch.arange(width)[None, :] < torch.tensor([len(ids) for ids, _ in pairs])[:, None]
         logits = model(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device))
-        loss, tokens = summed_token_loss(logits.logits.cpu(), labels)
+        # Prompt tuning and P-tuning return logits for their virtual tokens first: the inputs' come last.
+        loss, tokens = summed_token_loss(logits.logits[:, -width:].cpu(), labels)
         total_loss += loss
         total_tokens += tokens
     return total_loss / total_tokens

@@ -102,6 +102,10 @@ def test_each_method_trains_resumes_and_merges_or_answers_unmerged(curated, meth
         answered = run_stage("inference", folder, *chosen, "--prompt", "How do I sort a list?",
                              "--set", "inference.max_new_tokens=4")  # fmt: skip
         assert answered.stdout.strip() and "4 tokens" in answered.stderr
+        run_stage("inference.compare", folder, *chosen, "--set", "eval.with_compare=false",
+                  "--set", "inference.max_new_tokens=4")  # fmt: skip
+        summary = json.loads((run / "reports" / "compare.json").read_text())["summary"]
+        assert summary["fine-tuned"]["validation_loss"] != summary["base"]["validation_loss"]
     else:
         check = json.loads((run / "reports" / "merge_check.json").read_text())
         assert check["passed"] and check["max_abs_logit_difference"] <= check["tolerance"]
