@@ -11,8 +11,15 @@ import torch
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process (Linux reports ru_maxrss in KiB)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    """Peak resident memory of this process: Linux's VmHWM, in KiB. Not ru_maxrss, which a process started
+    by a larger one inherits (Linux keeps it across exec): `make bench BENCH=peft` reported its own growing
+    size as each training stage's peak."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB elsewhere on Linux
 
 
 def peak_cuda_mb() -> float | None:
