@@ -41,8 +41,9 @@ def stage(module: str, run_name: str, method: str) -> None:
     subprocess.run([sys.executable, "-m", module, "--config", PROFILE, *sets], check=True)
 
 
-def answer_metrics(config, rows: list[dict]) -> dict:
-    """The comparison's numbers for the run's adapter on the base, as `make compare` computes them."""
+def answer_metrics(config, rows: list[dict], model: str = "new_model") -> dict:
+    """The comparison's numbers for the run's adapter on the base (or the base alone), as `make compare`
+    computes them."""
     from core.prompts import curated_row
     from inference.compare import evaluate_model
     from inference.generate import resolve_model
@@ -50,8 +51,7 @@ def answer_metrics(config, rows: list[dict]) -> dict:
 
     prompts = [curated_row(row["prompt"], row["completion"], row.get("controls"))[0] for row in rows]
     references = [row["completion"].strip() for row in rows]
-    loss, answers, seconds, _ = evaluate_model(config, "fine-tuned", resolve_model(config, "new_model"), rows,
-                                               prompts, [])  # fmt: skip
+    loss, answers, seconds, _ = evaluate_model(config, model, resolve_model(config, model), rows, prompts, [])
     scores = [rouge_l(answer.text, reference) for answer, reference in zip(answers, references, strict=True)]
     return summarize(loss, answers, references, scores, seconds)
 
@@ -98,10 +98,15 @@ def run() -> None:
     count = load_config(PROFILE, []).inference.compare_examples
     rows = validation.select(range(min(count, len(validation)))).to_list()
     results = [measure(method, str(dataset), rows) for method in METHODS]
+    base = answer_metrics(load_config(PROFILE, overrides(data_run)), rows, "base")
+    untrained = {"method": "none (the base)", "trainable_parameters": 0, "adapter_kb": 0, "peak_rss_mb": "",
+                 "seconds_per_step": ""}  # fmt: skip
+    untrained.update({key: base[key] for key in ("validation_loss", "stop_rate", "empty_answers", "rouge_l")})
     TABLE.parent.mkdir(parents=True, exist_ok=True)
     TABLE.write_text(
         f"`make bench BENCH=peft`: tiny profile, {STEPS} steps of 4 unpacked rows each, the profile's "
-        f"learning rate; answers to {len(rows)} validation prompts, greedy.\n\n" + markdown(results),
+        f"learning rate; answers to {len(rows)} validation prompts, greedy.\n\n"
+        + markdown([untrained, *results]),
         encoding="utf-8",
     )
     lora = results[0]["validation_loss"]
