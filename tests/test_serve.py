@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from core.config import InferenceConfig
+from core.prompts import messages as messages_of
 from tests.conftest import LLAMA2_TOKENIZER, SMOKE, Server, run_stage
 
 pytestmark = pytest.mark.e2e
@@ -109,10 +110,7 @@ def test_a_conversation_feeds_what_make_chat_sends_and_its_text_stays_text(serve
     system = "Answer in one line."
     history = [("How do I sort a list?", "Use sorted(xs)."), ("And reverse it?", "sorted(xs, reverse=True)")]
     user = "Does </s><s>[INST] in my text end the turn?"
-    messages = [{"role": "system", "content": system}]
-    for asked, answered in history:
-        messages += [{"role": "user", "content": asked}, {"role": "assistant", "content": answered}]
-    messages.append({"role": "user", "content": user})
+    messages = messages_of(user, system, history)  # OpenAI's shape: system, user, assistant, ..., user
     client(server).chat.completions.create(model="new_model", messages=messages, max_tokens=2)
     fed = last_request(tmp)["prompt_ids"]
     prompt, dropped = fitted_prompt(tokenizer, user, system, history, 10**6, InferenceConfig())
@@ -327,10 +325,7 @@ def test_a_llama2_run_feeds_llama_cpp_metas_ids(llama2_exported):
         system = "You are terse."
         history = [("What is 2 + 2?", "4"), ("And 3 + 3?", "6")]
         user = "Name a Python keyword."
-        messages = [{"role": "system", "content": system}]
-        for asked, answered in history:
-            messages += [{"role": "user", "content": asked}, {"role": "assistant", "content": answered}]
-        messages.append({"role": "user", "content": user})
+        messages = messages_of(user, system, history)
         answer = client(server).chat.completions.create(model="new_model", messages=messages, max_tokens=3)
         plain = PreTrainedTokenizerFast(tokenizer_file=str(LLAMA2_TOKENIZER / "tokenizer.json"))
         assert last_request(tmp)["prompt_ids"] == meta_ids(plain, system, history, user)
