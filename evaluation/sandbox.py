@@ -311,8 +311,15 @@ def _tail(path: Path) -> str:
         return file.read().decode("utf-8", "replace")
 
 
+# unshare --fork re-raises the signal its child died of; now and then (seen once under a CPU-time limit,
+# with the machine busy) that fails, and it exits 1 with this line instead of dying of the signal.
+_UNSHARE_LOST_SIGNAL = "unshare: sigprocmask unblock failed"
+
+
 def _unreported(chosen: Isolation, returncode: int, seconds: float, tail: str) -> Outcome:
     """The driver never reported: the program ended early, by exit or by signal."""
+    if chosen.name == "unshare" and returncode == 1 and _UNSHARE_LOST_SIGNAL in tail:
+        return Outcome("killed", seconds, "killed by a signal that unshare could not pass on", tail)
     number = -returncode if returncode < 0 else 0
     if chosen.name == "bubblewrap" and returncode > 128:  # bwrap exits 128 + n for a child killed by n
         number = returncode - 128

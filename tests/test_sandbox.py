@@ -225,3 +225,13 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_a_signal_unshare_could_not_pass_on_is_a_kill_not_an_error():
+    """unshare --fork exits 1 with this line when it fails to re-raise its child's death signal (seen once
+    under the CPU-time limit on a busy machine): the program was killed, it did not exit."""
+    unshare = Isolation("unshare", "", no_network=True, own_pid_namespace=True)
+    lost = sandbox._unreported(unshare, 1, 2.0, "unshare: sigprocmask unblock failed: Invalid argument\n")
+    assert lost.status == "killed" and "unshare could not pass on" in lost.detail
+    exited = sandbox._unreported(unshare, 1, 0.1, "Traceback ...\nValueError: x\n")
+    assert exited.status == "error" and "ValueError" in exited.detail
