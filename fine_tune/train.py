@@ -247,7 +247,7 @@ def build_trainer(config: Config, paths: RunPaths, fingerprint: dict[str, Any]):
     callbacks = [tensorboard, save_fingerprint_callback(fingerprint)]
     if config.peft.method == "adalora":
         callbacks.append(adalora_budget())
-    if config.peft.method == "olora":
+    if config.peft.method == "olora" and args.process_index == 0:  # only the main process writes adapters
         save_initial_olora(model, olora_initial(paths))
     if config.train.early_stopping_patience and config.train.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.train.early_stopping_patience))
