@@ -92,13 +92,33 @@ class AlpacaSource(Section):
     limit: int | None = Field(None, ge=1)
 
 
+class ConversationSource(Section):
+    """Multi-turn conversations (docs/data.md): `messages` (OpenAI/TRL JSONL), `sharegpt` (JSON or JSONL) or
+    `moss` (Firefly's MOSS records). Each becomes one training row with every answer in the loss."""
+
+    path: Path
+    format: Literal["messages", "sharegpt", "moss"]
+    limit: int | None = Field(None, ge=1)
+
+
+class TextSource(Section):
+    """Plain text: a .txt file (documents separated by a blank line) or JSONL with a `text` field; the loss
+    on every token, documents packed into rows of train.max_length."""
+
+    path: Path
+    limit: int | None = Field(None, ge=1)
+
+
 class DataConfig(Section):
     stackoverflow: StackOverflowSource | None = None
     alpaca: AlpacaSource | None = None
+    conversations: list[ConversationSource] = []
+    text: list[TextSource] = []
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
-    prompt_format: Literal["llama2", "chat_template"] = Field(
+    prompt_format: Literal["llama2", "chat_template", "firefly", "text"] = Field(
         "llama2",
-        description="llama2: Meta's [INST] <<SYS>> format; chat_template: the base tokenizer's own (Llama-3)",
+        description="llama2: Meta's [INST] <<SYS>> format; chat_template: the base tokenizer's own "
+        "(Llama-3); firefly: <s>{input}</s>{target}</s>; text: none, the model continues text (data.text)",
     )
     validation_size: int = Field(1000, ge=1)
     too_long: Literal["drop", "truncate"] = Field(
@@ -112,8 +132,25 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _needs_a_source(self) -> DataConfig:
-        if self.stackoverflow is None and self.alpaca is None:
-            raise ValueError("configure at least one source: data.stackoverflow or data.alpaca")
+        if self.stackoverflow is None and self.alpaca is None and not self.conversations and not self.text:
+            raise ValueError(
+                "configure at least one source: data.stackoverflow, data.alpaca, data.conversations or "
+                "data.text"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _the_format_fits_the_sources(self) -> DataConfig:
+        asks = self.stackoverflow is not None or self.alpaca is not None or bool(self.conversations)
+        if self.prompt_format == "text" and asks:
+            raise ValueError(
+                "prompt_format text has no prompts: it takes data.text sources only (questions and "
+                "conversations need a chat format: llama2, chat_template or firefly)"
+            )
+        if self.prompt_format in {"text", "firefly"} and self.system_prompt and self.system_prompt.strip():
+            raise ValueError(
+                f"prompt_format {self.prompt_format} has no system prompt: set data.system_prompt: null"
+            )
         return self
 
 
@@ -392,6 +429,15 @@ class Config(Section):
             raise ValueError(
                 f"hub.push_merged: a {method} adapter cannot be merged into the base; set "
                 "hub.push_merged=false (make push uploads the adapter, which loads on its base)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _plain_text_is_packed(self) -> Config:
+        if self.data.text and not self.train.packing:
+            raise ValueError(
+                "data.text documents are packed into rows of train.max_length tokens (the longer ones split "
+                "across rows): set train.packing=true"
             )
         return self
 

@@ -15,10 +15,14 @@ from typing import TYPE_CHECKING, Any
 from core.config import Config, EmbeddedBaseConfig
 from core.errors import UserError
 from core.prompts import (
+    FIREFLY_CHAT_TEMPLATE,
     LLAMA2_CHAT_TEMPLATE,
+    PLAIN_TEXT_TEMPLATE,
     ChatFormat,
     Llama2Format,
+    PlainTextFormat,
     Rendered,
+    TrainingRow,
     as_rendered,
     template_format,
 )
@@ -95,14 +99,23 @@ def device_map() -> dict[str, Any] | None:
     return {"": "cpu"}
 
 
+# The formats this project writes, as the chat template each saves with the tokenizer.
+FORMAT_TEMPLATES = {
+    "llama2": LLAMA2_CHAT_TEMPLATE,
+    "firefly": FIREFLY_CHAT_TEMPLATE,
+    "text": PLAIN_TEXT_TEMPLATE,
+}
+
+
 def load_tokenizer(
     path: str, revision: str | None = None, padding_side: str = "right", prompt_format: str = "llama2"
 ):
     """The tokenizer with the run's chat format and a pad token that is never EOS (Llama-2 has none).
 
-    With `prompt_format` llama2 its chat template becomes Llama-2's; with chat_template it keeps its own,
-    and its EOS becomes the token that template ends an answer with (Llama-3's `<|eot_id|>`), so that the
-    trainer appends it, generation stops on it and the saved tokenizer says so to every server.
+    With `prompt_format` llama2, firefly or text its chat template becomes that format's (core/prompts.py);
+    with chat_template it keeps its own, and its EOS becomes the token that template ends an answer with
+    (Llama-3's `<|eot_id|>`), so that the trainer appends it, generation stops on it and the saved tokenizer
+    says so to every server.
     `unk` pads, as Llama-2 recipes do, so the embeddings never need resizing under QLoRA and the real
     EOS at the end of every completion keeps its label; without one, a reserved special token pads.
     Training pads on the right; batched generation on the left, so that every prompt ends where its
@@ -133,8 +146,8 @@ def load_tokenizer(
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, legacy=True)
     if getattr(tokenizer, "legacy", None) is not None:
         tokenizer.init_kwargs["legacy"] = tokenizer.legacy  # transformers saves it only from here
-    if prompt_format == "llama2":
-        tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE  # the format trained here travels with the model
+    if prompt_format in FORMAT_TEMPLATES:
+        tokenizer.chat_template = FORMAT_TEMPLATES[prompt_format]  # the format trained travels with the model
     elif not tokenizer.chat_template:
         raise UserError(
             f"data.prompt_format is chat_template, but the tokenizer of {path} has none: use llama2"
@@ -166,8 +179,36 @@ def answer_ids_batch(
     encoded = encode_batch(tokenizer, items)
     result = []
     for alone, whole in zip(encoded[::2], encoded[1::2], strict=True):
-        start = next((i for i, (a, b) in enumerate(zip(alone, whole, strict=False)) if a != b), len(alone))
-        result.append(([*whole, tokenizer.eos_token_id], min(start, len(whole))))
+        result.append(([*whole, tokenizer.eos_token_id], min(first_difference(alone, whole), len(whole))))
+    return result
+
+
+def first_difference(part: list[int], whole: list[int]) -> int:
+    """Where the ids of a text's beginning and of the whole text part (a piece may span the boundary)."""
+    return next((i for i, (a, b) in enumerate(zip(part, whole, strict=False)) if a != b), len(part))
+
+
+def training_ids_batch(tokenizer, rows: list[TrainingRow]) -> list[tuple[list[int], list[int]]]:
+    """Each row's ids as training sees them (answer_ids) and its loss mask: 1 on the completion and EOS, and
+    on each earlier answer of a conversation with its closing token. An earlier answer begins where the ids
+    of the prompt up to it and of the whole row part, and ends with its closing token, a control: the ids of
+    the prompt up to there are exactly the row's first ids."""
+    encoded = answer_ids_batch(tokenizer, [(row.prompt, row.completion) for row in rows])
+    edges = [
+        piece
+        for row in rows
+        for start, end in row.earlier_answers
+        for piece in (row.prompt.sliced(0, start), row.prompt.sliced(0, end))
+    ]
+    edge_ids = iter(encode_batch(tokenizer, edges))
+    result = []
+    for row, (ids, start) in zip(rows, encoded, strict=True):
+        mask = [0] * start + [1] * (len(ids) - start)
+        for _ in row.earlier_answers:
+            before, through = next(edge_ids), next(edge_ids)
+            first = first_difference(before, ids)
+            mask[first : len(through)] = [1] * (len(through) - first)
+        result.append((ids, mask))
     return result
 
 
@@ -195,9 +236,12 @@ def pad_token(tokenizer, path: str) -> str:
 
 
 def chat_format(tokenizer) -> ChatFormat:
-    """The chat format of a tokenizer load_tokenizer gave: Llama-2's, or its own template's."""
+    """The chat format of a tokenizer load_tokenizer gave: Llama-2's, plain text, or its template's (Firefly's
+    is one)."""
     if tokenizer.chat_template == LLAMA2_CHAT_TEMPLATE:
         return Llama2Format(tokenizer.bos_token, tokenizer.eos_token)
+    if tokenizer.chat_template == PLAIN_TEXT_TEMPLATE:
+        return PlainTextFormat(tokenizer.eos_token)
     specials = [token.content for token in tokenizer.added_tokens_decoder.values() if token.special]
     ids = tokenizer("a")["input_ids"]
     adds_bos = tokenizer.bos_token_id is not None and ids[:1] == [tokenizer.bos_token_id]

@@ -1,8 +1,10 @@
 """How a conversation becomes text, rendered by one family of functions for curation, training, inference
-and export alike: the Llama-2 chat format (`data.prompt_format: llama2`, the default) or the base
-tokenizer's own chat template (`chat_template`, e.g. Llama-3's). A format gives the prompt (up to where the
-answer starts, without the BOS the tokenizer adds) and the completion (the answer as it follows, without
-the token that ends it: the trainer appends that as EOS, and generation stops on it).
+and export alike: the Llama-2 chat format (`data.prompt_format: llama2`, the default), the base
+tokenizer's own chat template (`chat_template`, e.g. Llama-3's), Firefly's format (`firefly`) or plain text
+(`text`). A format gives the prompt (up to where the answer starts, without the BOS the tokenizer adds) and
+the completion (the answer as it follows, without the token that ends it: the trainer appends that as EOS,
+and generation stops on it). A conversation of several turns is one training row: its prompt is what
+`make chat` sends for the history, and its earlier answers (conversation_row) are in the loss with the last.
 
 The Llama-2 chat format:
 
@@ -27,10 +29,10 @@ exactly those spans as control ids and everything else as text.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from core.errors import UserError
 
@@ -66,6 +68,24 @@ def curated_row(
     column: [start, end] spans over prompt + completion)."""
     whole = Rendered(prompt + completion, tuple((start, end) for start, end in controls or ()))
     return whole.sliced(0, len(prompt)), whole.sliced(len(prompt))
+
+
+class TrainingRow(NamedTuple):
+    """A curated row as training encodes it: the prompt, the completion (the last answer), and the character
+    spans in the prompt of a conversation's earlier answers, each with the token that closes it: the loss
+    covers them as it covers the completion and its EOS."""
+
+    prompt: Rendered
+    completion: Rendered
+    earlier_answers: tuple[tuple[int, int], ...] = ()
+
+
+def training_row(row: Mapping[str, Any]) -> TrainingRow:
+    """A curated row (prompt, completion, controls, earlier_answers columns) as a TrainingRow; datasets
+    curated before conversations existed have no earlier_answers."""
+    prompt, completion = curated_row(row["prompt"], row["completion"], row.get("controls"))
+    spans = tuple((start, end) for start, end in row.get("earlier_answers") or ())
+    return TrainingRow(prompt, completion, spans)
 
 
 def as_rendered(value: Rendered | str) -> Rendered:
@@ -322,4 +342,80 @@ def template_format(
     return TemplateFormat(template, bos_token, end, written, tuple(special_tokens))
 
 
-ChatFormat = Llama2Format | TemplateFormat
+# Firefly's format (yangjianxin1/Firefly, component/dataset.py, the bloom QLoRA recipe):
+# `<s>{input1}</s>{target1}</s>{input2}</s>{target2}</s>`, each message encoded on its own between the
+# control tokens, the loss on every target and its `</s>`. It has no system message. As a chat template it
+# travels with the saved tokenizer and is read back as a TemplateFormat like any other.
+FIREFLY_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}"
+    "{{ raise_exception('the firefly format has no system message') }}{% endif %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if loop.first %}{{ bos_token }}{% endif %}{{ message['content'] + eos_token }}"
+    "{% endfor %}"
+)
+
+# Plain text (`data.prompt_format: text`): no prompt format at all. A model trained on it continues the text
+# it is given; the template says so to every server that reads the saved tokenizer.
+PLAIN_TEXT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+
+
+@dataclass(frozen=True)
+class PlainTextFormat:
+    """No format (`data.prompt_format: text`): the prompt is the text to continue, as typed, and a document
+    in training is all completion (the loss on every token, then EOS). It has no turns and no system
+    prompt: a model that continues text has no chat to hold."""
+
+    name: ClassVar[str] = "text"
+    eos_token: str = "</s>"
+
+    @property
+    def end_of_answer(self) -> str:
+        return self.eos_token
+
+    def rendered_prompt(
+        self, user: str, system: str | None = None, history: Sequence[tuple[str, str]] = ()
+    ) -> Rendered:
+        if history or (system and system.strip()):
+            raise UserError(
+                "this model was trained on plain text (data.prompt_format: text): it continues a text, and "
+                "has no chat history or system prompt; use make infer with the text to continue"
+            )
+        return Rendered(user)
+
+    def rendered_completion(self, answer: str) -> Rendered:
+        return Rendered(answer)
+
+    def prompt(self, user: str, system: str | None = None, history: Sequence[tuple[str, str]] = ()) -> str:
+        return self.rendered_prompt(user, system, history).text
+
+    def completion(self, answer: str) -> str:
+        return answer
+
+
+ChatFormat = Llama2Format | TemplateFormat | PlainTextFormat
+
+
+def conversation_row(chat: ChatFormat, system: str | None, turns: Sequence[tuple[str, str]]) -> TrainingRow:
+    """A conversation of (user, answer) turns as one training row: the prompt the format renders for the
+    last question with every earlier turn as history (what `make chat` sends), the last answer as the
+    completion, and where each earlier answer and its closing token lie in the prompt. The earlier answer
+    must be written there exactly as the format writes a trained answer after its prompt; a format that
+    writes history otherwise (a template that rewrites past turns) would train answers inference never
+    continues, and is refused."""
+    *history, (user, answer) = turns
+    prompt = chat.rendered_prompt(user, system, history)
+    spans = []
+    for index, (turn_user, turn_answer) in enumerate(history):
+        start = len(chat.rendered_prompt(turn_user, system, history[:index]).text)
+        closed = chat.rendered_completion(turn_answer).text + chat.end_of_answer
+        end = start + len(closed)
+        if prompt.text[start:end] != closed or (end - len(chat.end_of_answer), end) not in prompt.controls:
+            raise UserError(
+                f"the {chat.name} format writes an earlier turn of a conversation unlike the answer it "
+                "trains, so training and make chat would see different histories: use data.prompt_format: "
+                "llama2"
+            )
+        spans.append((start, end))
+    return TrainingRow(prompt, chat.rendered_completion(answer), tuple(spans))

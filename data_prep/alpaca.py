@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.errors import UserError
-from data_prep.inputs import marked_encoding, open_input
+from data_prep.inputs import json_records
 
 
 @dataclass
@@ -23,38 +21,10 @@ def user_message(instruction: str, input_text: str) -> str:
     return f"{instruction}\n\n{input_text}" if input_text else instruction
 
 
-def load_records(path: Path) -> list:
-    """The file's records, a JSON list or one JSON value per line (None for a line that is not JSON).
-    The file is UTF-8, or UTF-16/32 with a byte-order mark."""
-    with open_input(path, "Alpaca file") as handle:
-        data = handle.read()
-    codec = marked_encoding(data[:4]) or "utf-8"
-    try:
-        text = data.decode(codec).removeprefix("\ufeff")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].decode(codec).count("\n") + 1
-        raise UserError(
-            f"{path}: not valid {codec.upper()} at line {line}: save it as UTF-8, the encoding of JSON"
-        ) from None
-    if text.lstrip().startswith("["):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as error:
-            raise UserError(f"{path}: not valid JSON at line {error.lineno}: {error.msg}") from None
-    records = []
-    for line in text.splitlines():
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                records.append(None)  # counted as malformed at this position
-    return records
-
-
 def read_examples(path: Path, stats: AlpacaStats) -> list[tuple[int, str, str]]:
     """(position, user message, answer) per well-formed record; positions count from 1."""
     examples = []
-    for position, record in enumerate(load_records(path), start=1):
+    for position, record in enumerate(json_records(path, "Alpaca file"), start=1):
         stats.records_read += 1
         if not _well_formed(record):
             stats.malformed += 1

@@ -6,6 +6,13 @@ from core.config import Config, StackOverflowSource
 from data_prep.curate import CurationStats
 from data_prep.rules import TOO_LONG, rule_descriptions
 
+FORMAT_NAMES = {
+    "llama2": "Meta's Llama-2 chat format, `[INST] <<SYS>> ... <</SYS>> ... [/INST]`",
+    "chat_template": "the base tokenizer's own chat template",
+    "firefly": "Firefly's format, `<s>{input}</s>{target}</s>...`",
+    "text": "plain text, no prompt format",
+}
+
 STACKOVERFLOW_ATTRIBUTION = (
     "Stack Overflow content is licensed under CC-BY-SA 3.0 "
     "(https://creativecommons.org/licenses/by-sa/3.0/); questions and answers are by their Stack Overflow "
@@ -56,15 +63,34 @@ def alpaca_reading(read: dict) -> list[str]:
     return [f"{read['records_read']} records read; malformed records skipped: {malformed}"]
 
 
+def conversations_reading(read: dict) -> list[str]:
+    """Conversations read, and the bad records skipped per reason, the first few named by their line."""
+    bad = "; ".join(f"{reason}: {count}" for reason, count in read["bad"].items()) or "none"
+    lines = [f"{read['records_read']} records read; bad records skipped: {bad}"]
+    if read["first_bad"]:
+        lines.append(f"the first bad records: {'; '.join(read['first_bad'])}")
+    return lines
+
+
+def text_reading(read: dict) -> list[str]:
+    malformed = "none"
+    if read["malformed"]:
+        malformed = f"{read['malformed']} (first at {_lines(read['malformed_lines'])})"
+    return [
+        f"{read['documents_read']} documents read; empty documents skipped: {read['empty']}; malformed "
+        f"records skipped: {malformed}"
+    ]
+
+
 def reading(config: Config, stats: CurationStats) -> dict[str, list[str]]:
     """What reading each source found, a few lines per source."""
-    lines = {}
-    for source, read in stats.read.items():
-        if source == "stackoverflow":
-            lines[source] = stackoverflow_reading(config.data.stackoverflow, read)
-        else:
-            lines[source] = alpaca_reading(read)
-    return lines
+    readers = {
+        "stackoverflow": lambda read: stackoverflow_reading(config.data.stackoverflow, read),
+        "alpaca": alpaca_reading,
+        **{str(source.path): conversations_reading for source in config.data.conversations},
+        **{str(source.path): text_reading for source in config.data.text},
+    }
+    return {source: readers[source](read) for source, read in stats.read.items()}
 
 
 def removed(stats: CurationStats, rule: str) -> str:
@@ -84,10 +110,18 @@ def examples(stats: CurationStats) -> str:
 
 def kept(config: Config, stats: CurationStats) -> str:
     limits = {"stackoverflow": config.data.stackoverflow, "alpaca": config.data.alpaca}
+    limits |= {str(source.path): source for source in [*config.data.conversations, *config.data.text]}
     return ", ".join(
         f"{source} {count}"
         + (f" (a seeded sample, limit {limits[source].limit})" if limits[source].limit else "")
         for source, count in stats.kept_by_source.items()
+    )
+
+
+def turns_cut(config: Config, stats: CurationStats) -> str:
+    return (
+        f"{stats.turns_cut} later turns of conversations left out so that each fits train.max_length "
+        f"{config.train.max_length} (a conversation is cut between turns, never inside an answer)"
     )
 
 
@@ -149,13 +183,16 @@ def dataset_card(config: Config, stats: CurationStats) -> str:
     descriptions = rule_descriptions(config)
     lines = [
         header,
-        f"# {config.run.name}: Llama-2 prompt/completion dataset\n",
-        "Each row holds a `prompt` in the Llama-2 chat format (`[INST] <<SYS>> ... <</SYS>> ... [/INST]`, "
-        "without the BOS, which the tokenizer adds) and a `completion` (the answer; the trainer appends "
-        "EOS), `controls` (the [start, end] character spans of prompt + completion where the format wrote a "
-        "control token: none in single-turn Llama-2 rows; everything else is text, even `</s>`), plus "
-        "provenance columns `source`, `source_id` (the Stack Overflow question Id, or the "
-        "Alpaca record's position from 1), `question_score` and `answer_score` (Stack Overflow only).\n",
+        f"# {config.run.name}: prompt/completion dataset ({FORMAT_NAMES[config.data.prompt_format]})\n",
+        "Each row holds a `prompt` in the run's format (for a conversation, every turn before the last "
+        "answer, as `make chat` sends them; empty for a plain-text document; without the BOS, which the "
+        "tokenizer adds) and a `completion` (the last answer, or the document; the trainer appends EOS), "
+        "`controls` (the [start, end] character spans of prompt + completion where the format wrote a "
+        "control token; everything else is text, even `</s>`), `earlier_answers` (the [start, end] spans "
+        "in the prompt of a conversation's earlier answers with their closing tokens, in the loss like the "
+        "completion), plus provenance columns `source`, `source_id` (the Stack Overflow question Id, the "
+        "record's position from 1, or the line a conversation or document starts at), `question_score` and "
+        "`answer_score` (Stack Overflow only).\n",
         f"System prompt: `{config.data.system_prompt}`\n",
         "## Splits\n",
         f"- train: {stats.train_rows} rows\n- validation: {stats.validation_rows} rows (shuffled with seed "
@@ -170,6 +207,7 @@ def dataset_card(config: Config, stats: CurationStats) -> str:
         *[f"- {rule} ({descriptions[rule]}): {removed(stats, rule)}" for rule in stats.rules],
         "",
         f"Token lengths: {token_lengths(config, stats)}.\n",
+        f"Conversations: {turns_cut(config, stats)}.\n",
         f"Special-token text: {special_text(stats)}.\n",
     ]
     lines += overlap_section(config, stats)
@@ -187,6 +225,7 @@ def summary(config: Config, stats: CurationStats, where: str) -> str:
         ("kept", [kept(config, stats)]),
         ("split", [f"train {stats.train_rows}, validation {stats.validation_rows} (seed {config.run.seed})"]),
         ("tokens", [token_lengths(config, stats)]),
+        *([("turns", [turns_cut(config, stats)])] if config.data.conversations else []),
         ("specials", [special_text(stats)]),
         *[("warning", [warning]) for warning in stats.warnings],
         ("written", [where]),

@@ -1,9 +1,11 @@
-"""Curation: the configured sources to Llama-2 prompt/completion rows, filtered, deduplicated and split.
+"""Curation: the configured sources to prompt/completion rows in the run's format, filtered, deduplicated
+and split.
 
 1. The sources stream through in batches. Worker processes (`data.num_proc`, default every core) convert
-   the HTML, render the prompt and check the one-row rules (data_prep/rows.py); this process drops the
-   rows they fail and the repeats of a question already kept, and appends the rest to an Arrow file,
-   holding on to nothing but each row's source and question digest.
+   the HTML, render the prompt (a conversation's every turn, cut after the last that fits
+   train.max_length) and check the one-row rules (data_prep/rows.py); this process drops the rows they
+   fail and the repeats of an example already kept, and appends the rest to an Arrow file, holding on to
+   nothing but each row's source and digest.
 2. Each source's rows are put in an order drawn from the run's seed. With the length rule, the workers
    count their tokens in that order and rows are kept while they fit, up to the source's limit, so that
    a limit of 20,000 counts about 20,000 rows, not every row; without it, the first `limit` are kept.
@@ -23,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from itertools import accumulate, chain, islice
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,7 @@ import pyarrow as pa
 from core.config import Config
 from core.errors import UserError
 from core.prompts import ChatFormat, Rendered, controls_in, without_system
-from data_prep import alpaca, stackoverflow
+from data_prep import alpaca, conversations, plain_text, stackoverflow
 from data_prep.progress import Progress
 from data_prep.rows import (
     ROW_SCHEMA,
@@ -64,15 +67,16 @@ class CurationStats:
     validation_rows: int = 0
     token_lengths: dict[str, int] = field(default_factory=dict)
     special_token_text: int = 0  # rows whose text spells a special token (`</s>`, `<|eot_id|>`), kept as text
+    turns_cut: int = 0  # later turns of conversations left out to fit train.max_length
     # validation rows that share a run of n-grams with a training row: validation_row, training_row, tokens
     overlaps: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
 def source_examples(config: Config, stats: CurationStats) -> Iterator[Example]:
-    """Every configured source's examples, Stack Overflow first. Stack Overflow's Answers.csv and the
-    Alpaca file are read here and now, so that a bad file fails at once; Questions.csv streams as the
-    iterator is consumed. Reading statistics go into `stats`."""
+    """Every configured source's examples, Stack Overflow first. Stack Overflow's Answers.csv and the other
+    files are read here and now, so that a bad file fails at once; Questions.csv streams as the iterator
+    is consumed. Reading statistics go into `stats`; a conversation or text source is named by its path."""
     streams: list[Iterable[Example]] = []
     if config.data.stackoverflow is not None:
         read = stats.read["stackoverflow"] = stackoverflow.ReadStats()
@@ -87,7 +91,33 @@ def source_examples(config: Config, stats: CurationStats) -> Iterator[Example]:
             Example(source="alpaca", source_id=str(position), question=user, answer=answer)
             for position, user, answer in records
         )
+    for source in config.data.conversations:
+        name = str(source.path)
+        read = stats.read[name] = conversations.ConversationStats()
+        allow_system = config.data.prompt_format != "firefly"
+        records = conversations.read_conversations(source.path, source.format, read, allow_system)
+        stats.examples[name] = len(records)
+        streams.append(map(partial(conversation_example, name), records))
+    for source in config.data.text:
+        name = str(source.path)
+        read = stats.read[name] = plain_text.TextStats()
+        documents = plain_text.read_documents(source.path, read)
+        stats.examples[name] = len(documents)
+        streams.append(map(partial(document_example, name), documents))
     return chain.from_iterable(streams)
+
+
+def conversation_example(source: str, record: conversations.Conversation) -> Example:
+    """The conversation's last turn, with the turns before it as history."""
+    (question, answer) = record.turns[-1]
+    return Example(
+        source, str(record.position), question, answer, history=record.turns[:-1], system=record.system
+    )
+
+
+def document_example(source: str, document: tuple[int, str]) -> Example:
+    line, text = document
+    return Example(source, str(line), question="", answer=text, plain_text=True)
 
 
 def _stackoverflow_examples(pairs: Iterator[stackoverflow.Pair], stats: CurationStats) -> Iterator[Example]:
@@ -122,7 +152,7 @@ def _start_worker(settings: RowSettings, count_tokens: TokenCounter) -> None:
 
 
 def _prepare(batch: list[Example]) -> PreparedBatch:
-    return prepare_batch(batch, _settings)
+    return prepare_batch(batch, _settings, _count_tokens)
 
 
 def _count(texts: list[str]) -> list[int]:
@@ -153,6 +183,7 @@ def filter_rows(config: Config, imap: Callable, rows_file: Path, stats: Curation
     threading.Thread(target=importlib.import_module, args=("datasets",), daemon=True).start()
     with pa.OSFile(str(rows_file), "wb") as sink, pa.ipc.new_stream(sink, ROW_SCHEMA) as writer:
         for batch in batches:
+            stats.turns_cut += batch.turns_cut
             keep = []
             for rule, key in zip(batch.failed_rules, batch.question_keys, strict=True):
                 if rule is None and key in seen:
@@ -203,6 +234,8 @@ def choose_rows(
     for the rows it kept."""
     rng = random.Random(config.run.seed)
     limits = {"stackoverflow": config.data.stackoverflow, "alpaca": config.data.alpaca}
+    limits |= {str(source.path): source for source in [*config.data.conversations, *config.data.text]}
+    packed = {str(source.path) for source in config.data.text}  # longer documents are split, not dropped
     chosen: list[int] = []
     lengths: list[int] = []
     progress = Progress("counted the tokens of", "rows")
@@ -210,7 +243,7 @@ def choose_rows(
         order = [index for index, name in enumerate(sources) if name == source]
         rng.shuffle(order)
         limit = limits[source].limit or len(order)
-        if TOO_LONG not in stats.rules:
+        if TOO_LONG not in stats.rules or source in packed:
             kept = order[:limit]
         else:
             kept = []
@@ -319,7 +352,13 @@ def curate(config: Config, count_tokens: TokenCounter, chat: ChatFormat, folder:
 
     stats = CurationStats(rules=active_rules(config))
     stats.dropped = dict.fromkeys(stats.rules, 0)
-    settings = RowSettings(config.data.system_prompt, config.data.require_code_block, chat)
+    settings = RowSettings(
+        config.data.system_prompt,
+        config.data.require_code_block,
+        chat,
+        config.train.max_length,
+        drop_too_long=config.data.too_long == "drop",
+    )
     num_proc = config.data.num_proc or len(os.sched_getaffinity(0))
     rows_file = folder / "rows.arrow"
     with workers(settings, count_tokens, num_proc) as imap:

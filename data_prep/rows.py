@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from itertools import takewhile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -16,10 +17,10 @@ import pyarrow as pa
 from tokenizers import Tokenizer
 
 from core.errors import UserError
-from core.prompts import ChatFormat, Llama2Format, Rendered, curated_row
+from core.prompts import ChatFormat, Llama2Format, Rendered, TrainingRow, conversation_row, curated_row
 from core.tokens import encode_batch
 from data_prep.html import html_to_markdown
-from data_prep.rules import EMPTY, NO_CODE_BLOCK
+from data_prep.rules import EMPTY, NO_CODE_BLOCK, TOO_LONG
 
 if TYPE_CHECKING:
     from core.config import Config
@@ -35,6 +36,9 @@ ROW_SCHEMA = pa.schema(
         # [start, end] of each control token the format wrote into prompt + completion (a chat template's
         # headers; none in Llama-2's single-turn rows): the rest is text, whatever it spells (core/tokens.py)
         ("controls", pa.list_(pa.list_(pa.int32()))),
+        # [start, end] in the prompt of each earlier answer of a conversation and its closing token, in the
+        # loss as the completion is (core/prompts.py: conversation_row); none in a single-turn row
+        ("earlier_answers", pa.list_(pa.list_(pa.int32()))),
     ]
 )
 
@@ -48,8 +52,9 @@ _FENCED_BLOCK = re.compile(
 
 
 class Example(NamedTuple):
-    """One question and its answer as a source gives them: HTML for Stack Overflow, plain text for Alpaca.
-    A named tuple: it crosses to the workers three times faster than a dataclass."""
+    """One question and its answer as a source gives them: HTML for Stack Overflow, plain text for Alpaca;
+    the last turn of a conversation, with the turns before it; or a plain-text document (the answer, with no
+    question). A named tuple: it crosses to the workers three times faster than a dataclass."""
 
     source: str
     source_id: str
@@ -59,6 +64,9 @@ class Example(NamedTuple):
     html: bool = False
     question_score: int | None = None
     answer_score: int | None = None
+    history: tuple[tuple[str, str], ...] = ()  # a conversation's earlier (user, answer) turns
+    system: str | None = None  # a conversation's own system message: it replaces data.system_prompt
+    plain_text: bool = False  # a document: no prompt, every token in the loss
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,8 @@ class RowSettings:
     system_prompt: str | None
     require_code_block: bool
     chat: ChatFormat
+    max_length: int = 512
+    drop_too_long: bool = True  # data.too_long: drop (else a conversation keeps its first turn, truncated)
 
 
 @dataclass
@@ -76,6 +86,7 @@ class PreparedBatch:
     rows: pa.RecordBatch
     failed_rules: list[str | None]
     question_keys: list[bytes]
+    turns_cut: int = 0  # later turns of conversations left out to fit train.max_length
 
 
 def has_code_block(markdown: str) -> bool:
@@ -93,16 +104,33 @@ def question_key(text: str) -> bytes:
     return hashlib.blake2b(normalized_question(text).encode(), digest_size=16).digest()
 
 
+def example_key(example: Example, user: str) -> bytes:
+    """What "the same example" means for deduplication: the question; for a conversation, all of it (two
+    conversations may open alike and go apart); for a document, its text."""
+    if example.plain_text:
+        return question_key(example.answer)
+    if example.history:
+        turns = [example.system or "", *(text for turn in example.history for text in turn), user]
+        return question_key("\x1f".join([*turns, example.answer]))
+    return question_key(user)
+
+
 def user_and_answer(example: Example) -> tuple[str, str]:
-    """The user message (for Stack Overflow the title, a blank line, the converted body) and the answer."""
+    """The user message (for Stack Overflow the title, a blank line, the converted body) and the answer; a
+    document is all answer, exactly as written."""
+    if example.plain_text:
+        return "", example.answer
     if not example.html:
         return example.question.strip(), example.answer.strip()
     body = html_to_markdown(example.question)
     return f"{example.title}\n\n{body}".strip(), html_to_markdown(example.answer)
 
 
-def failed_rule(user: str, answer: str, settings: RowSettings) -> str | None:
-    """The first one-row rule the example breaks, in the order they are applied, or None."""
+def failed_rule(user: str, answer: str, settings: RowSettings, plain_text: bool = False) -> str | None:
+    """The first one-row rule the example breaks, in the order they are applied, or None. A document has
+    only the first; a conversation's code-block rule looks at its last answer."""
+    if plain_text:
+        return None if answer.strip() else EMPTY
     if not user or not answer:
         return EMPTY
     if settings.require_code_block and not has_code_block(answer):
@@ -110,13 +138,50 @@ def failed_rule(user: str, answer: str, settings: RowSettings) -> str | None:
     return None
 
 
-def render_row(example: Example, user: str, answer: str, settings: RowSettings) -> dict[str, Any]:
-    prompt = settings.chat.rendered_prompt(user, settings.system_prompt)
-    completion = settings.chat.rendered_completion(answer)
+def training_row_of(example: Example, user: str, answer: str, settings: RowSettings) -> TrainingRow:
+    """The example in the run's format: a document as it is; a question, or a conversation's turns."""
+    if example.plain_text:
+        return TrainingRow(Rendered(""), Rendered(answer))
+    system = settings.system_prompt if example.system is None else example.system
+    return conversation_row(settings.chat, system, [*example.history, (user, answer)])
+
+
+def turns_that_fit(row: TrainingRow, settings: RowSettings, count_tokens: TokenCounter) -> int:
+    """How many of a conversation's first turns make a row of at most train.max_length tokens (0: not even
+    the first). The row of the first k turns is the whole row's text up to the k-th answer's closing token,
+    which ends a piece the tokenizer encodes on its own, so one count per turn of the whole row's prefixes."""
+    whole = row.prompt + row.completion
+    ends = [end - len(settings.chat.end_of_answer) for _, end in row.earlier_answers] + [len(whole.text)]
+    counts = count_tokens([whole.sliced(0, end) for end in ends])
+    return sum(1 for _ in takewhile(lambda count: count <= settings.max_length, counts))
+
+
+def render_row(
+    example: Example, user: str, answer: str, settings: RowSettings, count_tokens: TokenCounter | None
+) -> tuple[dict[str, Any] | None, int]:
+    """The row's columns and how many later turns were cut to fit train.max_length (none without
+    `count_tokens`); no row for a conversation whose first turn alone is too long, under
+    `data.too_long: drop`."""
+    row = training_row_of(example, user, answer, settings)
+    turns = [*example.history, (user, answer)]
+    measured = row.earlier_answers and count_tokens is not None
+    kept = turns_that_fit(row, settings, count_tokens) if measured else len(turns)
+    if kept == 0 and settings.drop_too_long:
+        return None, 0
+    if kept < len(turns):
+        kept = max(kept, 1)
+        *history, (user, answer) = turns[:kept]
+        row = training_row_of(example._replace(history=tuple(history)), user, answer, settings)
+    return row_columns(example, row), len(turns) - kept
+
+
+def row_columns(example: Example, row: TrainingRow) -> dict[str, Any]:
+    prompt, completion = row.prompt, row.completion
     return {
         "prompt": prompt.text,
         "completion": completion.text,
         "controls": [list(span) for span in (prompt + completion).controls],
+        "earlier_answers": [list(span) for span in row.earlier_answers],
         "source": example.source,
         "source_id": example.source_id,
         "question_score": example.question_score,
@@ -172,14 +237,24 @@ def load_row_tokenizer(config: Config) -> tuple[TokenCounter, ChatFormat]:
     return TokenCounter(tokenizer.backend_tokenizer), chat_format(tokenizer)
 
 
-def prepare_batch(examples: list[Example], settings: RowSettings) -> PreparedBatch:
-    """Examples converted and rendered, with what the rules need to know of each."""
+def prepare_batch(
+    examples: list[Example], settings: RowSettings, count_tokens: TokenCounter | None = None
+) -> PreparedBatch:
+    """Examples converted and rendered, with what the rules need to know of each: a conversation is cut
+    after its last turn that fits train.max_length (never inside an answer)."""
     columns: dict[str, list] = {name: [] for name in ROW_SCHEMA.names}
-    failed_rules, question_keys = [], []
+    failed_rules, question_keys, turns_cut = [], [], 0
     for example in examples:
         user, answer = user_and_answer(example)
-        for name, value in render_row(example, user, answer, settings).items():
+        rule = failed_rule(user, answer, settings, example.plain_text)
+        row, cut = (None, 0) if rule else render_row(example, user, answer, settings, count_tokens)
+        if row is None:
+            rule = rule or TOO_LONG
+            row = row_columns(example, TrainingRow(Rendered(""), Rendered("")))
+        turns_cut += cut
+        for name, value in row.items():
             columns[name].append(value)
-        failed_rules.append(failed_rule(user, answer, settings))
-        question_keys.append(question_key(user))
-    return PreparedBatch(pa.RecordBatch.from_pydict(columns, schema=ROW_SCHEMA), failed_rules, question_keys)
+        failed_rules.append(rule)
+        question_keys.append(example_key(example, user))
+    batch = pa.RecordBatch.from_pydict(columns, schema=ROW_SCHEMA)
+    return PreparedBatch(batch, failed_rules, question_keys, turns_cut)

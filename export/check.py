@@ -30,7 +30,7 @@ import torch
 from core.config import Config
 from core.model import answer_ids, chat_format, device_map, model_dtype
 from core.patches import llama_cpp_without_amx
-from core.prompts import ChatFormat, Rendered, curated_row
+from core.prompts import ChatFormat, PlainTextFormat, Rendered, curated_row
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,10 @@ class GgufModel:
 
 def check_tokenizer(tokenizer, gguf: GgufModel, rows: list[dict], system: str | None) -> dict[str, Any]:
     """Our ids and the GGUF's on every validation prompt and prompt + answer, and on a chat."""
-    chat = chat_format(tokenizer).prompt(CHAT_QUESTIONS[1], system, [(CHAT_QUESTIONS[0], CHAT_ANSWER)])
-    texts = [text for row in rows for text in (row["prompt"], row["prompt"] + row["completion"])] + [chat]
+    texts = [text for row in rows for text in (row["prompt"], row["prompt"] + row["completion"])]
+    chat = chat_format(tokenizer)
+    if not isinstance(chat, PlainTextFormat):  # a model that continues text holds no chat
+        texts.append(chat.prompt(CHAT_QUESTIONS[1], system, [(CHAT_QUESTIONS[0], CHAT_ANSWER)]))
     differences = []
     for text in texts:
         ours, theirs = tokenizer(text)["input_ids"], gguf.tokenize(text)
@@ -158,22 +160,22 @@ def check_chat_template(gguf: GgufModel, chat: ChatFormat, system: str | None) -
         return {"passed": False, "problem": "the GGUF has no tokenizer.chat_template"}
     bos, eos = gguf.token_text(gguf.llm.token_bos()), gguf.token_text(gguf.llm.token_eos())
     formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
-    history = [(CHAT_QUESTIONS[0], CHAT_ANSWER)]
+    histories = ((),) if isinstance(chat, PlainTextFormat) else ((), ((CHAT_QUESTIONS[0], CHAT_ANSWER),))
     differences, stops = [], set()
-    for system_prompt in (system, None):
-        for turns in ((), history):
-            messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-            for question, answer in turns:
-                messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-            messages.append({"role": "user", "content": CHAT_QUESTIONS[-1]})
-            rendered = formatter(messages=messages)
-            expected = bos + chat.prompt(CHAT_QUESTIONS[-1], system_prompt, turns)
-            stops.update(rendered.stop if isinstance(rendered.stop, list) else [rendered.stop])
-            if rendered.prompt != expected:
-                differences.append({"expected": expected, "rendered": rendered.prompt})
+    chats = [(system_prompt, turns) for system_prompt in (system, None) for turns in histories]
+    for system_prompt, turns in chats:
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        for question, answer in turns:
+            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        messages.append({"role": "user", "content": CHAT_QUESTIONS[-1]})
+        rendered = formatter(messages=messages)
+        expected = bos + chat.prompt(CHAT_QUESTIONS[-1], system_prompt, turns)
+        stops.update(rendered.stop if isinstance(rendered.stop, list) else [rendered.stop])
+        if rendered.prompt != expected:
+            differences.append({"expected": expected, "rendered": rendered.prompt})
     return {
-        "chats": 4,
-        "identical": 4 - len(differences),
+        "chats": len(chats),
+        "identical": len(chats) - len(differences),
         "stop": sorted(stops),
         "first_difference": differences[0] if differences else None,
         "passed": not differences and stops == {eos},

@@ -13,26 +13,41 @@ from __future__ import annotations
 
 from core.config import InferenceConfig
 from core.errors import UserError
-from core.prompts import B_INST, B_SYS, E_INST, E_SYS, ChatFormat, Llama2Format, TemplateFormat
+from core.prompts import (
+    B_INST,
+    B_SYS,
+    E_INST,
+    E_SYS,
+    ChatFormat,
+    Llama2Format,
+    PlainTextFormat,
+    TemplateFormat,
+)
 
 
 def ollama_template(chat: ChatFormat) -> str:
     """The run's chat format as an Ollama (Go text/template) TEMPLATE."""
     if isinstance(chat, Llama2Format):
         return llama2_template(chat.bos_token, chat.eos_token)
+    if isinstance(chat, PlainTextFormat):
+        return "{{ .Prompt }}"  # the text to continue, as typed
     system, user, assistant, generation = template_pieces(chat)
+    opening = f"{{{{ if .System }}}}{system[0]}{{{{ .System }}}}{system[1]}{{{{ end }}}}" if system else ""
     return (
-        f"{{{{ if .System }}}}{system[0]}{{{{ .System }}}}{system[1]}{{{{ end }}}}"
+        f"{opening}"
         f'{{{{ range .Messages }}}}{{{{ if eq .Role "user" }}}}{user[0]}{{{{ .Content }}}}{user[1]}'
         f'{{{{ else if eq .Role "assistant" }}}}{assistant[0]}{{{{ .Content }}}}{assistant[1]}{{{{ end }}}}'
         f"{{{{ end }}}}{generation}"
     )
 
 
-def template_pieces(chat: TemplateFormat) -> tuple[tuple[str, str], tuple[str, str], tuple[str, str], str]:
-    """What a chat template writes around a system, a user and an assistant message, and its generation
-    prompt, found by rendering marked messages. A template that does not wrap each message on its own
-    (the text of a whole conversation is not those pieces in turn) cannot be an Ollama template."""
+def template_pieces(
+    chat: TemplateFormat,
+) -> tuple[tuple[str, str] | None, tuple[str, str], tuple[str, str], str]:
+    """What a chat template writes around a system (None for a template without one, as Firefly's), a user
+    and an assistant message, and its generation prompt, found by rendering marked messages. A template
+    that does not wrap each message on its own (the text of a whole conversation is not those pieces in
+    turn) cannot be an Ollama template."""
     marks = {"system": "SYSTEM-5c1e", "user": "USER-5c1e", "assistant": "ASSISTANT-5c1e", "next": "NEXT-5c1e"}
 
     def rendered(roles: list[str], generation: bool) -> str:
@@ -42,14 +57,18 @@ def template_pieces(chat: TemplateFormat) -> tuple[tuple[str, str], tuple[str, s
     one_turn = rendered(["user"], False)
     user = tuple(one_turn.split(marks["user"]))
     generation = rendered(["user"], True).removeprefix(one_turn)
-    system_before, _, rest = rendered(["system", "user"], False).partition(marks["system"])
-    system = (system_before, rest.removesuffix(one_turn))
+    try:
+        system_before, _, rest = rendered(["system", "user"], False).partition(marks["system"])
+        system = (system_before, rest.removesuffix(one_turn))
+    except UserError:  # the template refuses a system message
+        system = None
     answered = rendered(["user", "assistant"], False).removeprefix(one_turn)
     assistant = tuple(answered.split(marks["assistant"]))
     pieces = (system, user, assistant, generation)
-    whole = rendered(["system", "user", "assistant", "next"], True)
+    roles = ["system", "user", "assistant", "next"] if system else ["user", "assistant", "next"]
+    whole = rendered(roles, True)
     rebuilt = (
-        system[0] + marks["system"] + system[1] + user[0] + marks["user"] + user[1]
+        (system[0] + marks["system"] + system[1] if system else "") + user[0] + marks["user"] + user[1]
         + assistant[0] + marks["assistant"] + assistant[1] + user[0] + marks["next"] + user[1] + generation
     )  # fmt: skip
     if len(user) != 2 or len(assistant) != 2 or whole != rebuilt or "{{" in "".join(map(str, pieces)):
@@ -101,7 +120,11 @@ def modelfile(
         lines.append(f"SYSTEM {quoted(system, 'data.system_prompt')}")
     # The end of an answer ends every trained answer (Ollama also stops at the EOS token itself); the opening
     # of a user turn (`[INST]`) is where a model that missed it would start the user's next turn.
-    next_turn = B_INST if isinstance(chat, Llama2Format) else template_pieces(chat)[1][0].strip()
+    next_turn = ""
+    if isinstance(chat, Llama2Format):
+        next_turn = B_INST
+    elif isinstance(chat, TemplateFormat):
+        next_turn = template_pieces(chat)[1][0].strip()
     stops = [chat.end_of_answer, *([next_turn] if next_turn else [])]
     lines += [*(f'PARAMETER stop "{stop}"' for stop in stops), f"PARAMETER num_ctx {context}"]
     lines.append(f"PARAMETER num_predict {decoding.max_new_tokens}")

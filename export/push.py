@@ -51,7 +51,11 @@ def card(config: Config, repo_id: str, files: list[Path], check: dict[str, Any])
             f"```text\n{prompt}\n```\n",
         ]
     else:
-        prompt_format = ["The base model's own chat template, embedded in each file and in the Modelfile.\n"]
+        prompt_format = [
+            f"The format it was trained in (`data.prompt_format: {config.data.prompt_format}`: the base "
+            "model's own chat template, Firefly's, or plain text), embedded in each file as its chat "
+            "template and in the Modelfile.\n"
+        ]
     lines = [
         "---",
         "tags: [gguf, llama.cpp, ollama, llama-2]",

@@ -170,14 +170,35 @@ def summary(config: Config, kind: Kind, base_id: str | None) -> str:
         else f"The {method} adapter merged into a {config.merge.dtype} copy of its unquantized base"
     )
     quantized = {4: ", 4-bit base (QLoRA)", 8: ", 8-bit base", 16: ""}[config.quant.bits]
+    data = config.data.prompt_format
     return (
-        f"{what}: supervised fine-tuning (TRL's `SFTTrainer`{quantized}) of {base} on Llama-2 chat prompts "
-        f"(run `{config.run.name}`). The loss covered only the answers and their end-of-sequence token.\n"
+        f"{what}: supervised fine-tuning (TRL's `SFTTrainer`{quantized}) of {base} on {TRAINED_ON[data]} "
+        f"(run `{config.run.name}`). {LOSS[data]}\n"
     )
+
+
+TRAINED_ON = {
+    "llama2": "Llama-2 chat prompts",
+    "chat_template": "prompts in its own chat template",
+    "firefly": "conversations in Firefly's format",
+    "text": "plain text",
+}
+LOSS = dict.fromkeys(
+    ["llama2", "chat_template", "firefly"],
+    "The loss covered only the answers (every answer of a conversation) and the token that closes each.",
+) | {"text": "The loss covered every token."}
 
 
 def prompt_format(config: Config) -> list[str]:
     """The card's prompt format section."""
+    if config.data.prompt_format == "text":
+        return ["None: the model continues the text it is given, as it was trained on plain text.\n"]
+    if config.data.prompt_format == "firefly":
+        return [
+            "Firefly's format, saved as the tokenizer's chat template; `<s>` and `</s>` are the tokenizer's "
+            "BOS and EOS tokens, not text to type:\n",
+            "```text\n<s>{question}</s>{answer}</s>{next question}</s>\n```\n",
+        ]
     if config.data.prompt_format == "chat_template":
         return [
             "The base model's own chat template, saved with the tokenizer: `apply_chat_template` renders "

@@ -36,7 +36,7 @@ from core.model import (
     resolve_base,
 )
 from core.patches import control_cpu_repack, score_supervised_positions_only
-from core.prompts import curated_row
+from core.prompts import training_row
 from core.runs import RunPaths, atomic_dir, require, run_folder_lock, write_json_atomic
 from fine_tune.peft_methods import (
     LORA_FAMILY,
@@ -182,6 +182,8 @@ def sft_config(config: Config, output_dir: Path):
         **{checkpointing: train.gradient_checkpointing},
         max_length=train.max_length,
         packing=train.packing,
+        # A document longer than a row goes on in the next (plain text); other rows were cut to fit.
+        packing_strategy="bfd_split" if config.data.text else "bfd",
         completion_only_loss=train.completion_only_loss,
         train_sampling_strategy="group_by_length" if train.group_by_length else "random",
         logging_steps=train.logging_steps,
@@ -268,23 +270,23 @@ def build_trainer(config: Config, paths: RunPaths, fingerprint: dict[str, Any]):
 
 
 def tokenized_rows(dataset: Any, tokenizer: Any, cache_key: str | None = None) -> Any:
-    """Each split's rows as ids: BOS, prompt, completion and EOS (core/model.answer_ids: the data's text stays
-    text, only the format's control tokens are controls) and `completion_mask`, which SFTTrainer takes as
-    they are: it tokenizes text itself with special-token matching on, turning an answer's `</s>` into EOS.
+    """Each split's rows as ids: BOS, prompt, completion and EOS (core/model.training_ids_batch: the data's
+    text stays text, only the format's control tokens are controls) and `completion_mask` (the completion,
+    EOS and a conversation's earlier answers), which SFTTrainer takes as they are: it tokenizes text itself
+    with special-token matching on, turning an answer's `</s>` into EOS.
     `cache_key` names the result in the datasets cache, the same in every process of a run, so that the
     others read what the main process wrote (a fingerprint of the function would hash the tokenizer)."""
     from datasets import DatasetDict
 
-    from core.model import answer_ids_batch
+    from core.model import training_ids_batch
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        controls = batch.get("controls") or [None] * len(batch["prompt"])
-        rows = [curated_row(*row) for row in zip(batch["prompt"], batch["completion"], controls, strict=True)]
-        encoded = answer_ids_batch(tokenizer, rows)
-        return {
-            "input_ids": [ids for ids, _ in encoded],
-            "completion_mask": [[0] * start + [1] * (len(ids) - start) for ids, start in encoded],
-        }
+        rows = [
+            training_row({name: batch[name][index] for name in batch})
+            for index in range(len(batch["prompt"]))
+        ]
+        encoded = training_ids_batch(tokenizer, rows)
+        return {"input_ids": [ids for ids, _ in encoded], "completion_mask": [mask for _, mask in encoded]}
 
     def mapped(split: Any, name: str) -> Any:
         fingerprint = f"tokenized-{cache_key}-{name}" if cache_key else None

@@ -17,13 +17,14 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import re
 import time
 
 import torch
 
 from core.cli import run_stage, stage_parser
 from core.config import Config
-from core.prompts import ChatFormat, Rendered, curated_row
+from core.prompts import ChatFormat, Rendered, curated_row, training_row
 from core.runs import RunPaths, require, run_folder_lock, write_json_atomic, write_text_atomic
 from evaluation.problems import Problem
 from inference.eval_report import eval_summary_html, eval_table
@@ -45,14 +46,17 @@ from inference.report import html_report, markdown_report, summary_table
 
 log = logging.getLogger(__name__)
 
+CONTINUED_WORDS = 48  # at most this many words of a validation document are given to continue
+
 
 @torch.no_grad()
-def validation_loss(model, tokenizer, rows: list[dict], batch_size: int) -> float:
-    """Mean cross-entropy per answer token (completion and EOS) over the rows, teacher-forced."""
+def validation_loss(model, tokenizer, rows: list[dict], batch_size: int, max_length: int) -> float:
+    """Mean cross-entropy per answer token (every answer and its closing token, or every token of a
+    document) over the rows, teacher-forced on their first `max_length` tokens, as training sees them."""
     total_loss, total_tokens = 0.0, 0
     for start in range(0, len(rows), batch_size):
         pairs = [
-            completion_labels(tokenizer, *curated_row(row["prompt"], row["completion"], row.get("controls")))
+            tuple(part[:max_length] for part in completion_labels(tokenizer, *training_row(row)))
             for row in rows[start : start + batch_size]
         ]
         width = max(len(ids) for ids, _ in pairs)
@@ -80,7 +84,7 @@ def evaluate_model(
     problems (none without `eval.with_compare`); the model is freed after."""
     log.info("%s: loss on %d validation answers, then %d prompts", label, len(rows), len(prompts))
     model, tokenizer = load_model(source, config)
-    loss = validation_loss(model, tokenizer, rows, config.inference.batch_size)
+    loss = validation_loss(model, tokenizer, rows, config.inference.batch_size, config.train.max_length)
 
     def progress(answered: int, total: int) -> None:
         log.info("%s: %d of %d prompts answered", label, answered, total)
@@ -94,14 +98,30 @@ def evaluate_model(
     return loss, answers, seconds, solutions
 
 
+def continuation(document: str, words: int = CONTINUED_WORDS) -> tuple[str, str]:
+    """A document cut for a model to continue: its first half, at most `words` words, as typed (the prompt),
+    and the rest (the reference)."""
+    starts = [match.start() for match in re.finditer(r"\S+", document)]
+    cut = starts[min(len(starts) // 2, words)] if len(starts) > 1 else len(document)
+    return document[:cut], document[cut:]
+
+
 def comparison_items(
     rows: list[dict], hand_written: list[PromptRequest], chat: ChatFormat, system: str | None
 ) -> tuple[list[dict], list[Rendered]]:
-    """What both models answer: validation examples (prompts already rendered), then hand-written ones; the
-    report's items, and the prompts with their formats' control tokens."""
-    prompts = [curated_row(row["prompt"], row["completion"], row.get("controls"))[0] for row in rows]
+    """What both models answer: validation examples (prompts already rendered; a plain-text document, which
+    has none, is continued from its first half), then hand-written ones; the report's items, and the
+    prompts with their formats' control tokens."""
+    prompts, references = [], []
+    for row in rows:
+        prompt, completion = curated_row(row["prompt"], row["completion"], row.get("controls"))
+        if not prompt.text:
+            start, rest = continuation(completion.text)
+            prompt, completion = Rendered(start), Rendered(rest)
+        prompts.append(prompt)
+        references.append(completion.text.strip())
     prompts += [request.rendered(chat, system) for request in hand_written]
-    references = [row["completion"].strip() for row in rows] + [request.reference for request in hand_written]
+    references += [request.reference for request in hand_written]
     kinds = [f"validation example {i}" for i in range(1, len(rows) + 1)]
     kinds += [f"hand-written prompt {i}" for i in range(1, len(hand_written) + 1)]
     items = [

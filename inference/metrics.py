@@ -12,8 +12,8 @@ from functools import cache
 
 import torch
 
-from core.model import answer_ids
-from core.prompts import Rendered
+from core.model import training_ids_batch
+from core.prompts import Rendered, TrainingRow, as_rendered
 from core.syntax import parses
 from inference.generate import Answer
 
@@ -24,11 +24,16 @@ PYTHON_LANGUAGES = {"", "python", "py", "python3", "py3"}  # untagged blocks cou
 
 
 def completion_labels(
-    tokenizer, prompt: Rendered | str, completion: Rendered | str
+    tokenizer,
+    prompt: Rendered | str,
+    completion: Rendered | str,
+    earlier_answers: Sequence[tuple[int, int]] = (),
 ) -> tuple[list[int], list[int]]:
-    """Token ids of BOS + prompt + completion + EOS, and labels that keep only the completion and EOS."""
-    input_ids, start = answer_ids(tokenizer, prompt, completion)
-    return input_ids, [-100] * start + input_ids[start:]
+    """Token ids of BOS + prompt + completion + EOS, and labels that keep only what training puts in the loss:
+    the completion and EOS, and a conversation's earlier answers with their closing tokens."""
+    row = TrainingRow(as_rendered(prompt), as_rendered(completion), tuple(earlier_answers))
+    ((input_ids, mask),) = training_ids_batch(tokenizer, [row])
+    return input_ids, [token if kept else -100 for token, kept in zip(input_ids, mask, strict=True)]
 
 
 def summed_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:

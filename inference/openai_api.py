@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.config import InferenceConfig
+from core.errors import UserError
 from core.model import prompt_ids
 from core.prompts import ChatFormat, Rendered
 
@@ -154,7 +155,10 @@ def chat_prompt(model: ServedModel, messages: list[Message]) -> Rendered:
     """The prompt `make chat` sends for this history; without a system message, the profile's, as in
     training."""
     system, history, user = conversation(messages)
-    return model.chat.rendered_prompt(user, model.system_prompt if system is None else system, history)
+    try:
+        return model.chat.rendered_prompt(user, model.system_prompt if system is None else system, history)
+    except UserError as error:  # a format without turns (plain text) or a system message (Firefly's)
+        raise ApiError(400, str(error), "messages") from None
 
 
 def answer_budget(prompt_tokens: int, asked: int | None, default: int, context: int, param: str) -> int:

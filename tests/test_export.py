@@ -15,11 +15,12 @@ import pytest
 
 from core.config import InferenceConfig
 from core.errors import UserError
-from core.prompts import Llama2Format
+from core.model import chat_format, load_tokenizer
+from core.prompts import Llama2Format, PlainTextFormat
 from export.check import answer_nll, common_prefix, first_difference, perplexity
 from export.gguf import converter_failure
 from export.modelfile import modelfile, ollama_template
-from tests.conftest import run_stage
+from tests.conftest import LLAMA2_TOKENIZER, run_stage
 from tests.test_e2e import assert_one_error
 
 SYSTEM = "You are a careful Python tutor."
@@ -257,7 +258,7 @@ func main() {
 
 def test_the_modelfile_template_renders_our_prompts_in_go_as_ollama_does(tmp_path):
     """The TEMPLATE executed by Go's text/template (`go`, Debian's golang-go, where installed), for Meta's
-    Llama-2 format and for Llama-3's chat template read as the run's format."""
+    Llama-2 format, for Llama-3's chat template read as the run's format, and for Firefly's (no system)."""
     import subprocess
 
     from tests.test_prompts import llama3_format
@@ -267,7 +268,9 @@ def test_the_modelfile_template_renders_our_prompts_in_go_as_ollama_does(tmp_pat
         pytest.skip("Go is not installed (apt-get install golang-go)")
     history = [("How do I reverse a list?", "Use `items[::-1]`."), ("And a tuple?", "The same: `t[::-1]`.")]
     cases, expected = [], []
-    for chat, system in itertools.product((LLAMA2, llama3_format()), (SYSTEM, None)):
+    firefly = chat_format(load_tokenizer(str(LLAMA2_TOKENIZER), prompt_format="firefly"))
+    formats = [*itertools.product((LLAMA2, llama3_format()), (SYSTEM, None)), (firefly, None)]
+    for chat, system in formats:
         for turns in ([], history[:1], history):
             messages = [{"Role": "system", "Content": system}] if system else []
             for question, answer in turns:
@@ -289,3 +292,9 @@ def test_the_modelfile_template_renders_our_prompts_in_go_as_ollama_does(tmp_pat
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == expected
+
+
+def test_a_plain_text_modelfile_sends_the_text_as_typed_and_stops_at_eos():
+    text = modelfile("model.gguf", None, PlainTextFormat("</s>"), 512, InferenceConfig(), [])
+    assert 'TEMPLATE """{{ .Prompt }}"""' in text
+    assert 'PARAMETER stop "</s>"' in text and "SYSTEM" not in text

@@ -85,6 +85,7 @@ def test_prepared_rows_are_rendered_by_the_prompt_function():
         "question_score": 5,
         "answer_score": 3,
         "controls": [],  # Llama-2's single-turn rows: the format writes no control token
+        "earlier_answers": [],  # a single turn: only the completion is in the loss
     }
     assert (second["source"], second["question_score"]) == ("alpaca", None)
     assert batch.failed_rules == [None, EMPTY]
