@@ -1,4 +1,4 @@
-"""`make chat MODEL=...`: a multi-turn chat in the Llama-2 format, each answer streamed as it comes.
+"""`make chat MODEL=...`: a multi-turn chat in the run's format, each answer streamed as it comes.
 
 Commands: /base and /tuned switch model and keep the conversation, so the other model continues it;
 /clear forgets the conversation; /help; /quit, Ctrl-D or Ctrl-C at the prompt leaves. Ctrl-C during an
@@ -102,6 +102,11 @@ class ChatSession:
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
+    if config.data.prompt_format == "text":
+        raise UserError(
+            "this run trains on plain text (data.prompt_format: text): its model continues a text and holds "
+            'no conversation; use make infer PROMPT="..." to continue one'
+        )
     session = ChatSession(config, args.model)
     print(HELP, flush=True)
     while True:
