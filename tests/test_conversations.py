@@ -18,7 +18,7 @@ from core.tokens import backend_of
 from data_prep.rows import Example, RowSettings, TokenCounter, prepare_batch, training_row_of
 from data_prep.rules import TOO_LONG
 from inference.chat import fitted_prompt
-from tests.conftest import LLAMA3_TOKENIZER, REPO, built, run_stage
+from tests.conftest import LLAMA2_TOKENIZER, LLAMA3_TOKENIZER, REPO, built, run_stage
 
 SYSTEM = "Answer briefly."
 TURNS = [
@@ -29,15 +29,17 @@ TURNS = [
 SAMPLES = REPO / "data" / "samples"
 
 
-@pytest.fixture(params=[built("embedded"), "llama2", "llama3"])
-def tokenizer(request):
-    """The run's tokenizer in its chat format: the embedded base's and Meta's in Llama-2's, Llama-3's in its
-    own template."""
+@pytest.fixture(params=[built("embedded"), "llama2", "llama3", "firefly"])
+def run_format(request):
+    """A run's tokenizer in its chat format, and the system prompt it takes: the embedded base's and Meta's
+    in Llama-2's, Llama-3's in its own template, Meta's in Firefly's (which has no system prompt)."""
     if request.param == "embedded":
-        return load_tokenizer(str(request.getfixturevalue("smoke_base_dir")))
+        return load_tokenizer(str(request.getfixturevalue("smoke_base_dir"))), SYSTEM
     if request.param == "llama2":
-        return request.getfixturevalue("llama2_tokenizer")
-    return load_tokenizer(str(LLAMA3_TOKENIZER), prompt_format="chat_template")
+        return request.getfixturevalue("llama2_tokenizer"), SYSTEM
+    if request.param == "firefly":
+        return load_tokenizer(str(LLAMA2_TOKENIZER), prompt_format="firefly"), None
+    return load_tokenizer(str(LLAMA3_TOKENIZER), prompt_format="chat_template"), SYSTEM
 
 
 def runs_in_loss(ids: list[int], mask: list[int]) -> list[list[int]]:
@@ -52,10 +54,11 @@ def runs_in_loss(ids: list[int], mask: list[int]) -> list[list[int]]:
 
 
 def test_a_three_turn_conversation_has_exactly_its_three_answers_and_their_closing_tokens_in_the_loss(
-    tokenizer,
+    run_format,
 ):
+    tokenizer, system = run_format
     chat = chat_format(tokenizer)
-    row = conversation_row(chat, SYSTEM, TURNS)
+    row = conversation_row(chat, system, TURNS)
     ((ids, mask),) = training_ids_batch(tokenizer, [row])
     closing = tokenizer.convert_tokens_to_ids(chat.end_of_answer)
     runs = runs_in_loss(ids, mask)
@@ -69,11 +72,12 @@ def test_a_three_turn_conversation_has_exactly_its_three_answers_and_their_closi
     assert mask[-1] == 1 and ids[-1] == tokenizer.eos_token_id
 
 
-def test_the_prompt_of_the_last_answer_is_what_make_chat_sends_for_that_history(tokenizer):
-    row = conversation_row(chat_format(tokenizer), SYSTEM, TURNS)
+def test_the_prompt_of_the_last_answer_is_what_make_chat_sends_for_that_history(run_format):
+    tokenizer, system = run_format
+    row = conversation_row(chat_format(tokenizer), system, TURNS)
     ((ids, mask),) = training_ids_batch(tokenizer, [row])
     settings = InferenceConfig(max_new_tokens=16)
-    sent, dropped = fitted_prompt(tokenizer, TURNS[-1][0], SYSTEM, TURNS[:-1], 4096, settings)
+    sent, dropped = fitted_prompt(tokenizer, TURNS[-1][0], system, TURNS[:-1], 4096, settings)
     chat_ids = prompt_ids(tokenizer, sent)
     last_answer = len(mask) - mask[::-1].index(0)  # where the final run of the loss begins
     assert dropped == 0
@@ -81,7 +85,7 @@ def test_the_prompt_of_the_last_answer_is_what_make_chat_sends_for_that_history(
 
 
 def test_a_conversation_over_the_length_limit_is_cut_between_turns():
-    tokenizer = load_tokenizer(str(REPO / "tests/fixtures/llama2-tokenizer"))
+    tokenizer = load_tokenizer(str(LLAMA2_TOKENIZER))
     chat, counter = chat_format(tokenizer), TokenCounter(backend_of(tokenizer))
     example = Example("chats", "1", TURNS[-1][0], TURNS[-1][1], history=tuple(TURNS[:-1]))
     lengths = [
@@ -111,11 +115,7 @@ def test_a_conversation_over_the_length_limit_is_cut_between_turns():
 
 @pytest.mark.parametrize("which", [built("embedded"), "llama2"])
 def test_fireflys_rendering_of_a_two_turn_dialogue_is_fireflys_own_string_and_ids(request, which):
-    path = (
-        request.getfixturevalue("smoke_base_dir")
-        if which == "embedded"
-        else REPO / "tests/fixtures/llama2-tokenizer"
-    )
+    path = request.getfixturevalue("smoke_base_dir") if which == "embedded" else LLAMA2_TOKENIZER
     tokenizer = load_tokenizer(str(path), prompt_format="firefly")
     turns = [("input1", "target1"), ("input2", "target2")]
     messages = [
@@ -157,7 +157,7 @@ def test_a_plain_text_document_is_all_completion_and_every_token_is_in_the_loss(
     document = (
         "A list comprehension builds a list.\n\nIt reads `[x * 2 for x in xs]` and ends with </s> as text."
     )
-    chat = chat_format(load_tokenizer(str(REPO / "tests/fixtures/llama2-tokenizer"), prompt_format="text"))
+    chat = chat_format(load_tokenizer(str(LLAMA2_TOKENIZER), prompt_format="text"))
     settings = RowSettings(None, False, chat)
     (row,) = prepare_batch([Example("notes", "1", "", document, plain_text=True)], settings).rows.to_pylist()
     assert (row["prompt"], row["completion"], row["controls"]) == ("", document, [])
