@@ -73,6 +73,7 @@ def test_rows_carry_the_rendered_example_and_its_provenance(tmp_path, smoke_toke
         "question_score": 1,
         "answer_score": 1,
         "controls": [],
+        "earlier_answers": [],  # a single turn
     }
     alpaca_ids = sorted(int(r["source_id"]) for r in train + validation if r["source"] == "alpaca")
     assert alpaca_ids == list(range(1, 10))  # positions in the file, from 1
