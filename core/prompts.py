@@ -169,8 +169,18 @@ LLAMA2_CHAT_TEMPLATE = (
 )
 
 
+class FormatTexts:
+    """The texts of a format's rendered prompt and completion, without where its control tokens are."""
+
+    def prompt(self, user: str, system: str | None = None, history: Sequence[tuple[str, str]] = ()) -> str:
+        return self.rendered_prompt(user, system, history).text
+
+    def completion(self, answer: str) -> str:
+        return self.rendered_completion(answer).text
+
+
 @dataclass(frozen=True)
-class Llama2Format:
+class Llama2Format(FormatTexts):
     """Meta's Llama-2 chat format (`data.prompt_format: llama2`), with the tokenizer's BOS and EOS texts."""
 
     name: ClassVar[str] = "llama2"
@@ -189,12 +199,6 @@ class Llama2Format:
     def rendered_completion(self, answer: str) -> Rendered:
         return Rendered(render_completion(answer))
 
-    def prompt(self, user: str, system: str | None = None, history: Sequence[tuple[str, str]] = ()) -> str:
-        return self.rendered_prompt(user, system, history).text
-
-    def completion(self, answer: str) -> str:
-        return render_completion(answer)
-
 
 def messages(user: str, system: str | None = None, history: Sequence[tuple[str, str]] = ()) -> list[dict]:
     """A conversation as chat-template messages; a blank system prompt means none, as in render_prompt."""
@@ -208,7 +212,7 @@ def messages(user: str, system: str | None = None, history: Sequence[tuple[str, 
 
 
 @dataclass(frozen=True)
-class TemplateFormat:
+class TemplateFormat(FormatTexts):
     """A tokenizer's own chat template (`data.prompt_format: chat_template`). `end_of_answer` is the special
     token the template closes an assistant turn with (`<|eot_id|>` for Llama-3): the token training
     teaches the model to stop on. `bos_written` is the BOS text the template writes that the tokenizer
@@ -261,12 +265,6 @@ class TemplateFormat:
         if ending.endswith(self.end_of_answer):
             ending = ending[: -len(self.end_of_answer)]
         return closed.sliced(len(opened), len(ending))
-
-    def prompt(self, user: str, system: str | None = None, history: Sequence[tuple[str, str]] = ()) -> str:
-        return self.rendered_prompt(user, system, history).text
-
-    def completion(self, answer: str) -> str:
-        return self.rendered_completion(answer).text
 
 
 # A message's place in a rendered template: private-use characters, which no template writes.
@@ -362,17 +360,13 @@ PLAIN_TEXT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% e
 
 
 @dataclass(frozen=True)
-class PlainTextFormat:
+class PlainTextFormat(FormatTexts):
     """No format (`data.prompt_format: text`): the prompt is the text to continue, as typed, and a document
     in training is all completion (the loss on every token, then EOS). It has no turns and no system
     prompt: a model that continues text has no chat to hold."""
 
     name: ClassVar[str] = "text"
-    eos_token: str = "</s>"
-
-    @property
-    def end_of_answer(self) -> str:
-        return self.eos_token
+    end_of_answer: str = "</s>"  # the tokenizer's EOS, which ends each document
 
     def rendered_prompt(
         self, user: str, system: str | None = None, history: Sequence[tuple[str, str]] = ()
@@ -386,12 +380,6 @@ class PlainTextFormat:
 
     def rendered_completion(self, answer: str) -> Rendered:
         return Rendered(answer)
-
-    def prompt(self, user: str, system: str | None = None, history: Sequence[tuple[str, str]] = ()) -> str:
-        return self.rendered_prompt(user, system, history).text
-
-    def completion(self, answer: str) -> str:
-        return answer
 
 
 ChatFormat = Llama2Format | TemplateFormat | PlainTextFormat
