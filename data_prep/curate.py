@@ -20,17 +20,18 @@ import importlib
 import os
 import random
 import threading
-from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from itertools import accumulate, chain, islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from core.config import Config
 from core.errors import UserError
@@ -44,7 +45,6 @@ from data_prep.rows import (
     RowSettings,
     TokenCounter,
     prepare_batch,
-    row_text,
 )
 from data_prep.rules import DUPLICATE, TOO_LONG, active_rules
 from data_prep.workers import worker_map
@@ -52,6 +52,7 @@ from evaluation.contamination import find_overlaps
 
 BATCH_SIZE = 256
 COUNT_CHUNK = 4096  # rows counted per round while filling a source's limit
+ROWS_FILE_BATCH = 8192  # rows per batch of the rows file, at least
 TOKEN_SAMPLE = 2000  # rows whose tokens are counted for the statistics when the length rule is off
 
 
@@ -181,8 +182,15 @@ def filter_rows(config: Config, imap: Callable, rows_file: Path, stats: Curation
     # `datasets` takes a second to import and is needed after this step: it loads now, while this
     # process mostly waits for the workers.
     threading.Thread(target=importlib.import_module, args=("datasets",), daemon=True).start()
+    pending: list[pa.RecordBatch] = []
     with pa.OSFile(str(rows_file), "wb") as sink, pa.ipc.new_stream(sink, ROW_SCHEMA) as writer:
-        for batch in batches:
+        for batch in chain(batches, [None]):
+            if batch is None or sum(map(len, pending)) >= ROWS_FILE_BATCH:
+                # Few large batches: RowsFile gathers rows batch by batch
+                writer.write_table(pa.Table.from_batches(pending, ROW_SCHEMA).combine_chunks())
+                pending.clear()
+            if batch is None:
+                break
             stats.turns_cut += batch.turns_cut
             keep = []
             for rule, key in zip(batch.failed_rules, batch.question_keys, strict=True):
@@ -195,30 +203,54 @@ def filter_rows(config: Config, imap: Callable, rows_file: Path, stats: Curation
                 keep.append(rule is None)
             kept = batch.rows.filter(pa.array(keep, pa.bool_()))
             sources += kept.column("source").to_pylist()
-            writer.write_batch(kept)
+            pending.append(kept)
     return sources
 
 
 class RowsFile:
     """The rows of step 1, read back by index through one memory map (a second map of the same file
-    would count its pages twice in this process's memory)."""
+    would count its pages twice in this process's memory). Rows are gathered by Arrow, not row by row."""
 
     def __init__(self, path: Path) -> None:
         from datasets import Dataset
 
         self.dataset = Dataset.from_file(str(path))
-        self.batches = self.dataset.data.to_batches()
-        self.starts = [0, *accumulate(batch.num_rows for batch in self.batches)]
+        self.batches = self.dataset.data.table.to_batches()
+        self.starts = np.cumsum([0, *(len(batch) for batch in self.batches)])
+
+    def rows(self, indices: list[int]) -> pa.Table:
+        """The rows, in the order asked, in one chunk. Gathered batch by batch: Arrow's take on the whole
+        file's table would first copy every batch of a column into one."""
+        indices = np.asarray(indices, np.int64)
+        if not len(indices):
+            return ROW_SCHEMA.empty_table()
+        order = np.argsort(indices, kind="stable")
+        ordered = indices[order]
+        number = np.searchsorted(self.starts, ordered, side="right") - 1
+        first = np.flatnonzero(np.diff(number, prepend=-1))
+        parts = [
+            self.batches[number[start]].take(pa.array(ordered[start:end] - self.starts[number[start]]))
+            for start, end in zip(first, [*first[1:], len(ordered)], strict=True)
+        ]
+        table = pa.Table.from_batches(parts, ROW_SCHEMA).combine_chunks()
+        return table.take(pa.array(np.argsort(order)))
+
+    def joined(self, indices: list[int]) -> tuple[pa.Array, pa.Table]:
+        """prompt + completion of each row, as one Arrow array, and the rows' columns."""
+        table = self.rows(indices)
+        return pc.binary_join_element_wise(table["prompt"], table["completion"], ""), table
+
+    def plain_texts(self, indices: list[int]) -> list[str]:
+        """prompt + completion of each row, without where its controls are."""
+        return self.joined(indices)[0].to_pylist()
 
     def texts(self, indices: list[int]) -> list[Rendered]:
         """prompt + completion of each row, with its format's control tokens: what training encodes."""
-        texts = []
-        for index in indices:
-            number = bisect_right(self.starts, index) - 1
-            batch, row = self.batches[number], index - self.starts[number]
-            columns = ("prompt", "completion", "controls")
-            texts.append(row_text({name: batch[name][row].as_py() for name in columns}))
-        return texts
+        joined, table = self.joined(indices)
+        return [
+            Rendered(text, tuple(map(tuple, spans or ())))
+            for text, spans in zip(joined.to_pylist(), table["controls"].to_pylist(), strict=True)
+        ]
 
 
 def count_tokens_of(rows: RowsFile, indices: list[int], imap: Callable) -> list[int]:
@@ -311,8 +343,13 @@ def rows_with_special_token_text(rows: RowsFile, indices: list[int], special_tok
     if not special_tokens:
         return 0
     count = 0
-    for start in range(0, len(indices), BATCH_SIZE):
-        for text in rows.texts(indices[start : start + BATCH_SIZE]):
+    for start in range(0, len(indices), COUNT_CHUNK):
+        chunk = indices[start : start + COUNT_CHUNK]
+        joined, _ = rows.joined(chunk)
+        spelled = np.zeros(len(chunk), bool)  # most rows spell none: only those are looked at in Python
+        for token in special_tokens:
+            spelled |= pc.match_substring(joined, token).to_numpy(zero_copy_only=False)
+        for text in rows.texts([chunk[i] for i in np.flatnonzero(spelled)]):
             written = controls_in(text.text, special_tokens).controls
             count += bool(set(written) - set(text.controls))
     return count
@@ -326,10 +363,9 @@ def note_overlaps(
     system = config.data.system_prompt
 
     def contents(indices: list[int]) -> Iterator[str]:
-        for start in range(0, len(indices), BATCH_SIZE):
-            yield from (
-                without_system(text.text, system) for text in rows.texts(indices[start : start + BATCH_SIZE])
-            )
+        for start in range(0, len(indices), COUNT_CHUNK):
+            texts = rows.plain_texts(indices[start : start + COUNT_CHUNK])
+            yield from (without_system(text, system) for text in texts)
 
     progress = Progress("overlap check:", f"of {len(train):,} training rows")
     overlaps = find_overlaps(list(contents(validation)), contents(train), config.eval.ngram, progress.add)

@@ -17,7 +17,7 @@ import pyarrow as pa
 from tokenizers import Tokenizer
 
 from core.errors import UserError
-from core.prompts import ChatFormat, Llama2Format, Rendered, TrainingRow, conversation_row, curated_row
+from core.prompts import ChatFormat, Llama2Format, Rendered, TrainingRow, conversation_row
 from core.tokens import encode_batch
 from data_prep.html import html_to_markdown
 from data_prep.rules import EMPTY, NO_CODE_BLOCK, TOO_LONG
@@ -187,12 +187,6 @@ def row_columns(example: Example, row: TrainingRow) -> dict[str, Any]:
         "question_score": example.question_score,
         "answer_score": example.answer_score,
     }
-
-
-def row_text(row: dict[str, Any]) -> Rendered:
-    """A curated row's prompt + completion, with the control tokens its format wrote."""
-    prompt, completion = curated_row(row["prompt"], row["completion"], row.get("controls"))
-    return prompt + completion
 
 
 class TokenCounter:
