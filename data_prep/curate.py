@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 
 from core.config import Config
 from core.errors import UserError
-from core.prompts import ChatFormat, Rendered, controls_in, without_system
+from core.prompts import ChatFormat, Rendered, without_system
 from data_prep import alpaca, conversations, plain_text, stackoverflow
 from data_prep.progress import Progress
 from data_prep.rows import (
@@ -173,11 +173,14 @@ def workers(settings: RowSettings, count_tokens: TokenCounter, num_proc: int) ->
         yield ordered_map
 
 
-def filter_rows(config: Config, imap: Callable, rows_file: Path, stats: CurationStats) -> list[str]:
+def filter_rows(
+    config: Config, imap: Callable, rows_file: Path, stats: CurationStats
+) -> tuple[list[str], bytearray]:
     """Step 1: every example through the one-row rules and the duplicate rule into `rows_file`. Returns
-    the source of each row written."""
+    the source of each row written, and whether its text spells a special token."""
     seen: set[bytes] = set()
     sources: list[str] = []
+    spelled = bytearray()
     batches = imap(_prepare, batched(source_examples(config, stats), BATCH_SIZE))
     # `datasets` takes a second to import and is needed after this step: it loads now, while this
     # process mostly waits for the workers.
@@ -202,9 +205,11 @@ def filter_rows(config: Config, imap: Callable, rows_file: Path, stats: Curation
                     stats.dropped[rule] += 1
                 keep.append(rule is None)
             kept = batch.rows.filter(pa.array(keep, pa.bool_()))
+            flags = zip(batch.spells_special, keep, strict=True)
+            spelled += bytes(flag for flag, kept_row in flags if kept_row)
             sources += kept.column("source").to_pylist()
             pending.append(kept)
-    return sources
+    return sources, spelled
 
 
 class RowsFile:
@@ -337,24 +342,6 @@ def token_lengths(lengths: list[int], rows: int, max_length: int) -> dict[str, i
     return {"counted_rows": len(ordered), "of_rows": rows, **at, "max": ordered[-1], "over_max_length": over}
 
 
-def rows_with_special_token_text(rows: RowsFile, indices: list[int], special_tokens: list[str]) -> int:
-    """How many of the rows hold a special token's text outside their format's own control tokens: text that
-    a plain tokenizer call would have turned into control ids, kept as text here."""
-    if not special_tokens:
-        return 0
-    count = 0
-    for start in range(0, len(indices), COUNT_CHUNK):
-        chunk = indices[start : start + COUNT_CHUNK]
-        joined, _ = rows.joined(chunk)
-        spelled = np.zeros(len(chunk), bool)  # most rows spell none: only those are looked at in Python
-        for token in special_tokens:
-            spelled |= pc.match_substring(joined, token).to_numpy(zero_copy_only=False)
-        for text in rows.texts([chunk[i] for i in np.flatnonzero(spelled)]):
-            written = controls_in(text.text, special_tokens).controls
-            count += bool(set(written) - set(text.controls))
-    return count
-
-
 def note_overlaps(
     config: Config, rows: RowsFile, validation: list[int], train: list[int], stats: CurationStats
 ) -> None:
@@ -398,7 +385,7 @@ def curate(config: Config, count_tokens: TokenCounter, chat: ChatFormat, folder:
     num_proc = config.data.num_proc or len(os.sched_getaffinity(0))
     rows_file = folder / "rows.arrow"
     with workers(settings, count_tokens, num_proc) as imap:
-        sources = filter_rows(config, imap, rows_file, stats)
+        sources, spelled = filter_rows(config, imap, rows_file, stats)
         rows = RowsFile(rows_file)
         chosen, lengths = choose_rows(config, sources, rows, imap, stats)
         check_nothing_emptied(stats)
@@ -413,7 +400,7 @@ def curate(config: Config, count_tokens: TokenCounter, chat: ChatFormat, folder:
         DatasetDict(splits).save_to_disk(str(folder / "data"))
         note_overlaps(config, rows, validation, train, stats)
     lengths = lengths or counted.result()
-    stats.special_token_text = rows_with_special_token_text(rows, shuffled, count_tokens.special_tokens)
+    stats.special_token_text = sum(spelled[index] for index in shuffled)
     stats.token_lengths = token_lengths(lengths, len(shuffled), config.train.max_length)
     stats.read = {source: asdict(read) for source, read in stats.read.items()}
     rows_file.unlink()

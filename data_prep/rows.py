@@ -17,7 +17,15 @@ import pyarrow as pa
 from tokenizers import Tokenizer
 
 from core.errors import UserError
-from core.prompts import ChatFormat, Llama2Format, Rendered, TrainingRow, conversation_row
+from core.prompts import (
+    ChatFormat,
+    Llama2Format,
+    Rendered,
+    TrainingRow,
+    controls_in,
+    conversation_row,
+    curated_row,
+)
 from core.tokens import encode_batch
 from data_prep.html import html_to_markdown
 from data_prep.rules import EMPTY, NO_CODE_BLOCK, TOO_LONG
@@ -87,6 +95,7 @@ class PreparedBatch:
     failed_rules: list[str | None]
     question_keys: list[bytes]
     turns_cut: int = 0  # later turns of conversations left out to fit train.max_length
+    spells_special: list[bool] | None = None  # per row (given a TokenCounter): spells_special_token
 
 
 def has_code_block(markdown: str) -> bool:
@@ -175,6 +184,12 @@ def render_row(
     return row_columns(example, row), len(turns) - kept
 
 
+def training_text(columns: dict[str, Any]) -> Rendered:
+    """A row's prompt + completion, with the control tokens its format wrote."""
+    prompt, completion = curated_row(columns["prompt"], columns["completion"], columns["controls"])
+    return prompt + completion
+
+
 def row_columns(example: Example, row: TrainingRow) -> dict[str, Any]:
     prompt, completion = row.prompt, row.completion
     return {
@@ -196,19 +211,24 @@ class TokenCounter:
 
     def __init__(self, backend: Tokenizer) -> None:
         self._backend = backend
+        decoder = backend.get_added_tokens_decoder().values()
+        self.special_tokens = [token.content for token in decoder if token.special]
 
     def __call__(self, texts: list[Rendered]) -> list[int]:
         return [len(ids) + 1 for ids in encode_batch(self._backend, texts)]
 
-    @property
-    def special_tokens(self) -> list[str]:
-        return [token.content for token in self._backend.get_added_tokens_decoder().values() if token.special]
+    def spells_special_token(self, text: Rendered) -> bool:
+        """Whether the text holds a special token's text outside its format's own control tokens: text that
+        a plain tokenizer call would have turned into control ids, kept as text here."""
+        if not any(token in text.text for token in self.special_tokens):  # most texts: no regular expression
+            return False
+        return bool(set(controls_in(text.text, self.special_tokens).controls) - set(text.controls))
 
     def __getstate__(self) -> str:
         return self._backend.to_str()
 
     def __setstate__(self, spec: str) -> None:
-        self._backend = Tokenizer.from_str(spec)
+        self.__init__(Tokenizer.from_str(spec))
 
 
 def load_row_tokenizer(config: Config) -> tuple[TokenCounter, ChatFormat]:
@@ -237,7 +257,7 @@ def prepare_batch(
     """Examples converted and rendered, with what the rules need to know of each: a conversation is cut
     after its last turn that fits train.max_length (never inside an answer)."""
     columns: dict[str, list] = {name: [] for name in ROW_SCHEMA.names}
-    failed_rules, question_keys, turns_cut = [], [], 0
+    failed_rules, question_keys, turns_cut, spelled = [], [], 0, []
     for example in examples:
         user, answer = user_and_answer(example)
         rule = failed_rule(user, answer, settings, example.plain_text)
@@ -246,9 +266,12 @@ def prepare_batch(
             rule = rule or TOO_LONG
             row = row_columns(example, TrainingRow(Rendered(""), Rendered("")))
         turns_cut += cut
+        if count_tokens is not None:
+            spelled.append(count_tokens.spells_special_token(training_text(row)))
         for name, value in row.items():
             columns[name].append(value)
         failed_rules.append(rule)
         question_keys.append(example_key(example, user))
     batch = pa.RecordBatch.from_pydict(columns, schema=ROW_SCHEMA)
-    return PreparedBatch(batch, failed_rules, question_keys, turns_cut)
+    spells_special = spelled if count_tokens is not None else None
+    return PreparedBatch(batch, failed_rules, question_keys, turns_cut, spells_special)

@@ -18,7 +18,9 @@ n-gram has are compared token by token, so that a hash collision never makes an 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from itertools import chain, islice
@@ -40,6 +42,7 @@ CHUNK_ROWS = 2_000  # training rows compared at once: ~600k tokens (5,000 went 1
 SEPARATOR = 0  # the id of SEPARATOR_WORD, first in the vocabulary; the probes' words have ids 1 and up
 UNKNOWN = -1  # the id of a word no probe has. No n-gram holding either is compared: none spans two rows
 MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # of the polynomial hash of an n-gram's ids, modulo 2**64
+THREADS = 2  # chunks compared at once
 FILTER_BITS = 24  # a 16 MB table: a few percent of it set by a few hundred thousand probe n-grams
 
 
@@ -267,6 +270,19 @@ class _Index:
         return probes[best], rows[best], positions[best], tokens[best]
 
 
+def pool_map_with_items(pool: ThreadPoolExecutor, function: Callable, items: Iterator) -> Iterator[tuple]:
+    """(item, function(item)) in the items' order, with at most one item more in flight than threads."""
+    pending: deque = deque()
+    for item in items:
+        pending.append((item, pool.submit(function, item)))
+        if len(pending) > THREADS:
+            item, result = pending.popleft()
+            yield item, result.result()
+    while pending:
+        item, result = pending.popleft()
+        yield item, result.result()
+
+
 def find_overlaps(
     probes: Sequence[str],
     training: Iterable[str],
@@ -285,17 +301,24 @@ def find_overlaps(
         return []
     best_tokens = np.zeros(len(probes), np.int64)
     best_row, best_start = np.zeros_like(best_tokens), np.zeros_like(best_tokens)
+
+    def runs(chunk: list[str]) -> tuple[np.ndarray, ...]:
+        return index.longest(index.occurrences(_ids(_words(chunk), index.vocabulary), n), n)
+
     rows, done = iter(training), 0
-    while chunk := list(islice(rows, CHUNK_ROWS)):
-        ids = _ids(_words(chunk), index.vocabulary)
-        probe, row, start, tokens = index.longest(index.occurrences(ids, n), n)
-        row += done
-        longer = tokens > best_tokens[probe]  # strictly: an earlier chunk's row wins a tie
-        probe = probe[longer]
-        best_tokens[probe], best_row[probe], best_start[probe] = tokens[longer], row[longer], start[longer]
-        done += len(chunk)
-        if progress is not None:
-            progress(len(chunk))
+    chunks = iter(lambda: list(islice(rows, CHUNK_ROWS)), [])
+    # Two chunks at a time: numpy and Arrow let go of the GIL for most of the work. In the chunks' order, so
+    # that an earlier chunk's row wins a tie.
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
+        for chunk, (probe, row, start, tokens) in pool_map_with_items(pool, runs, chunks):
+            row += done
+            longer = tokens > best_tokens[probe]  # strictly: an earlier chunk's row wins a tie
+            probe = probe[longer]
+            best_tokens[probe], best_row[probe] = tokens[longer], row[longer]
+            best_start[probe] = start[longer]
+            done += len(chunk)
+            if progress is not None:
+                progress(len(chunk))
     overlaps = []
     for probe in map(int, np.flatnonzero(best_tokens)):
         start, tokens = int(index.starts[probe] + best_start[probe]), int(best_tokens[probe])
