@@ -236,3 +236,19 @@ def test_the_sample_profile_names_files_that_exist():
     config = load_config(REPO / "configs" / "conversations.yaml", [])
     assert [source.format for source in config.data.conversations] == ["messages", "sharegpt", "moss"]
     assert all(Path(REPO / source.path).is_file() for source in config.data.conversations)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.prompt_format=text", "data.system_prompt=null"], "prompt_format text has no prompts"),
+        (["data.prompt_format=firefly"], "prompt_format firefly has no system prompt"),
+        (["data.text=[{path: notes.txt}]"], "set train.packing=true"),
+        (["data.conversations=[{path: chats.jsonl, format: openai}]"], "data.conversations.0.format"),
+    ],
+)
+def test_a_profile_that_cannot_train_its_sources_in_its_format_stops_in_one_line(overrides, message):
+    from core.config import load_config
+
+    with pytest.raises(UserError, match=message):
+        load_config(REPO / "configs" / "smoke.yaml", overrides)
