@@ -63,9 +63,7 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
     def response(self) -> JSONResponse:
-        kind = {401: "authentication_error", 404: "invalid_request_error"}.get(
-            self.status, "invalid_request_error"
-        )
+        kind = "authentication_error" if self.status == 401 else "invalid_request_error"
         error = {"message": self.message, "type": kind, "param": self.param, "code": self.code}
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
         return JSONResponse({"error": error}, status_code=self.status, headers=headers)
