@@ -274,3 +274,29 @@ def test_long_steps_log_their_progress_and_short_ones_say_nothing(
         "counted the tokens of 3 rows",  # Stack Overflow's, then Alpaca's
         "counted the tokens of 11 rows",
     ]
+
+
+def test_the_rows_file_gives_rows_in_the_order_asked_across_its_batches(tmp_path):
+    import pyarrow as pa
+
+    from data_prep.curate import RowsFile
+    from data_prep.rows import ROW_SCHEMA
+
+    def batch(first: int, size: int) -> pa.RecordBatch:
+        rows = [
+            {"prompt": f"p{i}", "completion": f"c{i}", "source": "s", "source_id": str(i),
+             "question_score": None, "answer_score": None, "controls": [[0, 1]] if i % 3 else [],
+             "earlier_answers": []}
+            for i in range(first, first + size)
+        ]  # fmt: skip
+        return pa.RecordBatch.from_pylist(rows, schema=ROW_SCHEMA)
+
+    path = tmp_path / "rows.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, ROW_SCHEMA) as writer:
+        for first, size in ((0, 5), (5, 1), (6, 7)):
+            writer.write_batch(batch(first, size))
+    rows = RowsFile(path)
+    asked = [12, 0, 5, 7, 0, 11, 3]
+    assert rows.plain_texts(asked) == [f"p{i}c{i}" for i in asked]
+    assert [text.controls for text in rows.texts(asked)] == [((0, 1),) if i % 3 else () for i in asked]
+    assert rows.plain_texts([]) == []
