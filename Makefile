@@ -157,7 +157,7 @@ test-fast: install ## the fast tier: every rule and pure function, no training a
 	$(PY) -m pytest -m "not e2e"
 
 # BENCH is a list of names: split on spaces, never globbed.
-bench: install ## benchmarks against seed-style baselines (BENCH=name for one): runs/bench/results.json
+bench: install ## benchmarks against baselines done the notebook recipe's way (BENCH=name for one): runs/bench/results.json
 	set -f; $(PY) -m benchmarks $$BENCH
 
 bench-docs: install ## write docs/benchmarks.md's table from runs/bench/results.json

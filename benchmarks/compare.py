@@ -1,8 +1,8 @@
 """compare_seconds: answering 32 validation prompts with the base and the fine-tuned model.
 
-Ours: `inference.generate`, batched with left padding. The seed's way: a transformers text-generation
-`pipeline` per model, called once per prompt. Both run in the same process on the same loaded models
-with the same decoding options (greedy, the same `max_new_tokens`), and the benchmark checks that they
+Ours: `inference.generate`, batched with left padding. The notebook recipe's way: a transformers
+text-generation `pipeline` per model, called once per prompt. Both run in the same process on the same loaded
+models with the same decoding options (greedy, the same `max_new_tokens`), and the benchmark checks that they
 give the same text for the same prompt. The models are the tiny profile's, built through the real
 stages into runs/bench/compare when missing (the base is cached in .cache/base, as for `make base`).
 """
@@ -38,7 +38,7 @@ def build_missing(config: Config) -> None:
             subprocess.run([sys.executable, "-m", module, "--config", PROFILE, *overrides], check=True)
 
 
-def seed_way(model, tokenizer, prompts: list[str], options: dict) -> list[str]:
+def notebook_way(model, tokenizer, prompts: list[str], options: dict) -> list[str]:
     """One text-generation pipeline for the model, one call per prompt."""
     from transformers import pipeline
 
@@ -65,11 +65,11 @@ def measure(config: Config, count: int = PROMPTS) -> dict:
         answers = generate(model, tokenizer, prompts, settings)
         ours_seconds += time.perf_counter() - started
         started = time.perf_counter()
-        texts = seed_way(model, tokenizer, prompts, decoding_options(settings, tokenizer))
+        texts = notebook_way(model, tokenizer, prompts, decoding_options(settings, tokenizer))
         baseline_seconds += time.perf_counter() - started
         new_tokens += sum(answer.new_tokens for answer in answers)
         mismatches += [
-            {"model": name, "prompt": index, "ours": answer.text, "seed_way": text}
+            {"model": name, "prompt": index, "ours": answer.text, "notebook_way": text}
             for index, (answer, text) in enumerate(zip(answers, texts, strict=True))
             if answer.text != text
         ]

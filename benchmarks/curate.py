@@ -1,4 +1,4 @@
-"""Curating a synthetic Stack Overflow dump: our `make data` against the seed's way, in time and peak memory.
+"""Curating a synthetic Stack Overflow dump: `make data` against the notebook recipe's, in time and memory.
 
 Both sides curate the same 100k-question dump (runs/bench/stackoverflow-100k, generated if absent), each
 in its own subprocess, run one after the other: ours is `python -m data_prep` on the smoke profile (its
@@ -35,9 +35,9 @@ SMOKE = "configs/smoke.yaml"
 
 
 def baseline(dump: Path, output: Path, validation_size: int = 1000) -> int:
-    """The seed's curation: pandas reads both files whole as ISO-8859-1, merges them, keeps each question's
-    highest-scored answer, keeps scores >= 0, strips the HTML with BeautifulSoup (on lxml, its fastest
-    parser), renders the Llama-2 text and saves a dataset with a 1,000-row validation split."""
+    """The notebook recipe's curation: pandas reads both files whole as ISO-8859-1, merges them, keeps each
+    question's highest-scored answer, keeps scores >= 0, strips the HTML with BeautifulSoup (on lxml, its
+    fastest parser), renders the Llama-2 text and saves a dataset with a 1,000-row validation split."""
     import pandas as pd
     from bs4 import BeautifulSoup
     from datasets import Dataset
@@ -157,7 +157,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--full-scale", action="store_true", help="ours alone on the full-size dump")
-    group.add_argument("--baseline", type=Path, metavar="DUMP", help="run the seed-style baseline on DUMP")
+    group.add_argument("--baseline", type=Path, metavar="DUMP", help="run the notebook's curation on DUMP")
     args = parser.parse_args()
     if args.baseline:
         print(f"baseline: {baseline(args.baseline, BENCH / 'curate-baseline')} pairs")

@@ -1,11 +1,11 @@
-"""`merge_peak_rss_mb`: peak memory of our merge stage against a seed-style merge, on the same model.
+"""`merge_peak_rss_mb`: peak memory of our merge stage against a notebook-style merge, on the same model.
 
 The model: a randomly initialised Llama of about 0.94B parameters built from a config (no download),
 stored in float16 as Llama-2-7b-hf is, and a random LoRA adapter on every projection. Ours is the real
 stage, `python -m fine_tune.merge`, with the Llama-2 profile's merge.dtype (float16): the base loaded
-lazily, merged in place, saved as safetensors shards, then the self-check. The seed-style merge loads
+lazily, merged in place, saved as safetensors shards, then the self-check. The notebook-style merge loads
 the base in float16, merges and saves, then reloads the result in float32 and saves pickled .bin
-shards, as the seed's push did. Each side runs in its own process, whose peak RSS comes from wait4.
+shards, as the notebook recipe's push did. Each side runs in its own process, whose peak RSS comes from wait4.
 About two minutes on 2 cores; the 7 GB of weights it writes are deleted at the end.
 """
 
@@ -75,8 +75,8 @@ def build_model(base: str, adapter: str) -> None:
     tokenizer.save_pretrained(adapter)
 
 
-def seed_style_merge(base: str, adapter: str, output: str) -> None:
-    """The seed's merge and push, minus the upload: float16 merge and save, float32 reload, pickles."""
+def notebook_style_merge(base: str, adapter: str, output: str) -> None:
+    """The notebook recipe's merge and push, minus the upload: fp16 merge and save, fp32 reload, pickles."""
     import torch
     from huggingface_hub import split_torch_state_dict_into_shards
     from peft import PeftModel
@@ -132,27 +132,27 @@ def run() -> dict:
             WORK / "ours.log",
         )  # fmt: skip
         shutil.rmtree(WORK / "ours" / "merged")
-        (WORK / "seed").mkdir()
-        seed = peak_rss_mb(
+        (WORK / "notebook").mkdir()
+        notebook = peak_rss_mb(
             python(
-                "from benchmarks.merge import seed_style_merge; "
-                f"seed_style_merge({str(base)!r}, {str(adapter)!r}, {str(WORK / 'seed')!r})"
+                "from benchmarks.merge import notebook_style_merge; "
+                f"notebook_style_merge({str(base)!r}, {str(adapter)!r}, {str(WORK / 'notebook')!r})"
             ),
-            WORK / "seed.log",
+            WORK / "notebook.log",
         )
     finally:
-        for folder in (base, WORK / "ours", WORK / "seed"):
+        for folder in (base, WORK / "ours", WORK / "notebook"):
             shutil.rmtree(folder, ignore_errors=True)
     return record(
         "merge_peak_rss_mb",
         ours,
-        seed,
+        notebook,
         "MB",
         "lower",
         model=f"random Llama, {MODEL['hidden_size']} hidden, {MODEL['num_hidden_layers']} layers, float16",
         weights_16bit_mb=weights_mb,
         ours_over_weights=round(ours / weights_mb, 2),
-        baseline_over_weights=round(seed / weights_mb, 2),
+        baseline_over_weights=round(notebook / weights_mb, 2),
         ours_method="python -m fine_tune.merge, llama2-7b-python profile (merge.dtype float16)",
         baseline_method="float16 merge and save, float32 reload, pickled .bin shards",
     )

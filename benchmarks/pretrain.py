@@ -1,12 +1,12 @@
-"""`pretrain_tokens_per_second` and `pretrain_bits_per_byte`: the embedded base's recipe against recipe 3's,
-and the held-out loss against wall time of every candidate recipe.
+"""`pretrain_tokens_per_second` and `pretrain_bits_per_byte`: the embedded base's recipe against base recipe
+version 3's, and the held-out loss against wall time of every candidate recipe.
 
 Each candidate pretrains through fine_tune/base.py's own pieces (the corpus, a tokenizer of its vocabulary
 size, the held-out blocks, the Trainer) for about BUDGET_SECONDS: a short run first measures its seconds
 per step, then it runs as many steps as fit, with its cosine schedule over them. Five times during the run
 the held-out text's loss is measured in bits per byte (comparable between vocabulary sizes; the time spent
 measuring is not counted). The curves go to runs/bench/pretrain_curves.json and are printed. The baseline
-is recipe 3's shape (the base before this benchmark chose one), ours the tiny profile's.
+is base recipe version 3's shape (the base before this benchmark chose one), ours the tiny profile's.
 """
 
 from __future__ import annotations
@@ -32,18 +32,18 @@ from fine_tune.base import (
 PROFILE = "configs/tiny.yaml"
 BUDGET_SECONDS = 90
 CURVES = RESULTS.parent / "pretrain_curves.json"
-RECIPE_3 = {
+BASE_RECIPE_V3 = {
     "vocab_size": 4096, "hidden_size": 256, "intermediate_size": 704, "num_layers": 4, "num_heads": 4,
     "pretrain_batch_size": 4, "pretrain_seq_len": 256, "pretrain_learning_rate": 3e-3,
 }  # fmt: skip
 SMALL = {"hidden_size": 128, "intermediate_size": 384, "pretrain_learning_rate": 5e-3}
 CANDIDATES: dict[str, dict[str, Any]] = {
-    "recipe 3 (baseline)": RECIPE_3,
+    "base recipe version 3 (baseline)": BASE_RECIPE_V3,
     "tiny profile (ours)": {},
-    "h128 l4 v4096": {**RECIPE_3, **SMALL},
-    "h128 l4 v2048": {**RECIPE_3, **SMALL, "vocab_size": 2048},
-    "h192 l3 v4096": {**RECIPE_3, "hidden_size": 192, "intermediate_size": 512, "num_layers": 3},
-    "h256 l4 v4096 seq128 batch8": {**RECIPE_3, "pretrain_seq_len": 128, "pretrain_batch_size": 8},
+    "h128 l4 v4096": {**BASE_RECIPE_V3, **SMALL},
+    "h128 l4 v2048": {**BASE_RECIPE_V3, **SMALL, "vocab_size": 2048},
+    "h192 l3 v4096": {**BASE_RECIPE_V3, "hidden_size": 192, "intermediate_size": 512, "num_layers": 3},
+    "h256 l4 v4096 seq128 batch8": {**BASE_RECIPE_V3, "pretrain_seq_len": 128, "pretrain_batch_size": 8},
 }
 
 

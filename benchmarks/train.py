@@ -1,7 +1,7 @@
-"""`train_epoch_seconds`: one epoch of our default recipe against one epoch of the seed's recipe.
+"""`train_epoch_seconds`: one epoch of our default recipe against one epoch of the notebook recipe.
 
 Both run the real `fine_tune.train` stage on the tiny profile's embedded base and curated sample data,
-with the same LoRA rank and targets, one after the other in this run. The seed's recipe: no packing,
+with the same LoRA rank and targets, one after the other in this run. The notebook recipe: no packing,
 loss on the whole text, batch 4, length-grouped batches, gradient checkpointing on (as
 `prepare_model_for_kbit_training` leaves it), LoRA dropout 0.1. Evaluation and checkpoints are off for
 both, so the time is training alone (the stage times `trainer.train()`, not loading).
@@ -22,7 +22,7 @@ ONE_EPOCH = [
     "train.epochs=1", "train.max_steps=-1", "train.eval_steps=100000", "train.save_steps=100000",
     "train.early_stopping_patience=null", "train.load_best_model_at_end=false", "train.resume=never",
 ]  # fmt: skip
-SEED_RECIPE = [
+NOTEBOOK_RECIPE = [
     "train.packing=false", "train.completion_only_loss=false", "train.batch_size=4",
     "train.group_by_length=true", "train.gradient_checkpointing=true", "train.gradient_accumulation_steps=1",
     "lora.dropout=0.1",
@@ -50,8 +50,8 @@ def train_one_epoch(run_name: str, overrides: list[str]) -> dict:
 def run() -> None:
     stage("fine_tune.base", "shared", [])
     stage("data_prep", "shared", [])
-    seed = train_one_epoch("seed-recipe", SEED_RECIPE)
+    notebook = train_one_epoch("notebook-recipe", NOTEBOOK_RECIPE)
     ours = train_one_epoch("our-recipe", [])
     compared = ("padding_fraction", "tokens_per_second", "supervised_tokens_per_second", "steps", "packing")
-    details = {key: {"ours": ours[key], "baseline": seed[key]} for key in compared}
-    record("train_epoch_seconds", ours["wall_seconds"], seed["wall_seconds"], "s", "lower", **details)
+    details = {key: {"ours": ours[key], "baseline": notebook[key]} for key in compared}
+    record("train_epoch_seconds", ours["wall_seconds"], notebook["wall_seconds"], "s", "lower", **details)

@@ -41,7 +41,7 @@ def test_the_7b_shape_has_llama2_7bs_parameters_and_the_profiles_lora_the_seeds(
     assert model.num_parameters() == 6_738_415_616
     lora = load_config(REPO / "configs" / "llama2-7b-python.yaml").lora
     adapted = get_peft_model(model, LoraConfig(r=lora.r, target_modules=lora.target_modules))
-    assert adapted.get_nb_trainable_parameters()[0] == 33_554_432  # the seed's LoRA
+    assert adapted.get_nb_trainable_parameters()[0] == 33_554_432  # the notebook recipe's LoRA
 
 
 def test_a_random_checkpoint_is_written_in_shards_and_loads_whole(tmp_path):

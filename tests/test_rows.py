@@ -33,7 +33,7 @@ def test_a_real_fenced_block_counts_as_code():
 
 
 def test_code_words_inline_code_and_broken_fences_do_not_count():
-    assert not has_code_block("for each item, if it is (odd) print it")  # the seed's substring test said yes
+    assert not has_code_block("for each item, if it is (odd) print it")  # the notebook's substring test: yes
     assert not has_code_block("Use `for x in y:` here, or ```inline``` text.")
     assert not has_code_block("```\nnever closed")
     assert not has_code_block("```\n   \n```")  # a fence around nothing

@@ -1,4 +1,4 @@
-"""The synthetic Kaggle-shaped dump the benchmarks curate, and the seed-style baseline they compare with."""
+"""The synthetic Kaggle-shaped dump the benchmarks curate, and the notebook-style baseline they compare."""
 
 import csv
 
