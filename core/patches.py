@@ -142,3 +142,77 @@ def llama_cpp_without_amx() -> Iterator[None]:
         yield
     finally:
         low_level.llama_model_default_params = default
+
+
+# transformers' Trainer (written against 5.23; 5.17 on the GPU images): resuming on another number of
+# processes (fine_tune/scale.py: plan_resume) must set the epoch and the batches to skip, and the step count,
+# that `_inner_training_loop` takes from `_init_training_state` and `set_initial_training_values`. No argument
+# or callback sets them: the subclass overrides the two. tests/test_patches.py checks their signatures and
+# that the loop still calls them.
+def resumable_trainer(base: type) -> type:
+    """`base` (SFTTrainer) that resumes where a plan says (`trainer.resume_plan`, fine_tune/scale.py's
+    ResumePlan: num_train_epochs, max_steps, epoch, skip_batches), and as `base` without one."""
+
+    class ResumableTrainer(base):
+        resume_plan: Any = None
+
+        def set_initial_training_values(self, args, dataloader):
+            values = super().set_initial_training_values(args, dataloader)
+            plan = self.resume_plan
+            if plan is None:
+                return values
+            epochs, *middle, _max_steps = values
+            return (max(epochs, plan.num_train_epochs), *middle, plan.max_steps)
+
+        def _init_training_state(
+            self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+        ):
+            epoch, skip = super()._init_training_state(
+                max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+            )
+            plan = self.resume_plan
+            if plan is None or resume_from_checkpoint is None or self.args.ignore_data_skip:
+                return epoch, skip
+            return plan.epoch, plan.skip_batches
+
+    return ResumableTrainer
+
+
+# datasets (written against 5.2): whether a process computed a step of the dataset's preparation or read it
+# from the cache another process wrote is said only in its log messages (no return value or event says it),
+# so they are counted by their opening words. tests/test_patches.py checks that datasets still logs them.
+CACHE_WRITTEN = "Caching processed dataset at"
+CACHE_READ = "Loading cached processed dataset at"
+
+
+class DatasetSteps(logging.Handler):
+    """Counts the `datasets` steps computed and written to the cache, and those read from it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.computed = 0
+        self.read = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(CACHE_WRITTEN):
+            self.computed += 1
+        elif message.startswith(CACHE_READ):
+            self.read += 1
+
+
+@contextmanager
+def counting_dataset_steps() -> Iterator[DatasetSteps]:
+    """While the trainer prepares the dataset: how many steps this process computed and how many it read."""
+    logger = logging.getLogger("datasets.arrow_dataset")
+    saved = logger.level, logger.propagate
+    steps = DatasetSteps()
+    logger.addHandler(steps)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # the library's own handler would print them
+    try:
+        yield steps
+    finally:
+        logger.removeHandler(steps)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]

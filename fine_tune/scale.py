@@ -27,14 +27,13 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.config import Config
 from core.errors import UserError
+from core.patches import DatasetSteps
 from fine_tune.resume import Checkpoint, training_length
 
 log = logging.getLogger(__name__)
@@ -189,34 +188,6 @@ def describe_resume(plan: ResumePlan, rows: int, config: Config) -> str:
     return text
 
 
-def resumable_trainer(base: type) -> type:
-    """`base` (SFTTrainer) that resumes where `plan_resume` says when given a plan (`trainer.resume_plan`)."""
-
-    class ResumableTrainer(base):
-        resume_plan: ResumePlan | None = None
-
-        def set_initial_training_values(self, args, dataloader):
-            values = super().set_initial_training_values(args, dataloader)
-            plan = self.resume_plan
-            if plan is None:
-                return values
-            epochs, *middle, _max_steps = values
-            return (max(epochs, plan.num_train_epochs), *middle, plan.max_steps)
-
-        def _init_training_state(
-            self, max_steps, steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
-        ):
-            epoch, skip = super()._init_training_state(
-                max_steps, steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
-            )
-            plan = self.resume_plan
-            if plan is None or resume_from_checkpoint is None or self.args.ignore_data_skip:
-                return epoch, skip
-            return plan.epoch, plan.skip_batches
-
-    return ResumableTrainer
-
-
 # Tokenize once.
 
 
@@ -256,40 +227,7 @@ def tokenization_source(dataset: Path, tokenized: Path, digest: str) -> Path:
     return target
 
 
-class _DatasetSteps(logging.Handler):
-    """Counts the `datasets` steps computed and written to the cache, and those read from it."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.computed = 0
-        self.read = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if message.startswith("Caching processed dataset at"):
-            self.computed += 1
-        elif message.startswith("Loading cached processed dataset at"):
-            self.read += 1
-
-
-@contextmanager
-def counting_dataset_steps() -> Iterator[_DatasetSteps]:
-    """While the trainer prepares the dataset: how many steps this process computed and how many it read."""
-    logger = logging.getLogger("datasets.arrow_dataset")
-    saved = logger.level, logger.propagate
-    steps = _DatasetSteps()
-    logger.addHandler(steps)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False  # the library's own handler would print them
-    try:
-        yield steps
-    finally:
-        logger.removeHandler(steps)
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
-
-
-def report_preparation(steps: _DatasetSteps, cache: Path, rank: int, world_size: int) -> None:
+def report_preparation(steps: DatasetSteps, cache: Path, rank: int, world_size: int) -> None:
     """One line per process: whether it prepared the dataset or read what another process had prepared."""
     who = f"process {rank} of {world_size}: " if world_size > 1 else ""
     if steps.computed:

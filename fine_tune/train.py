@@ -35,7 +35,12 @@ from core.model import (
     quantization_config,
     resolve_base,
 )
-from core.patches import control_cpu_repack, score_supervised_positions_only
+from core.patches import (
+    control_cpu_repack,
+    counting_dataset_steps,
+    resumable_trainer,
+    score_supervised_positions_only,
+)
 from core.prompts import training_row
 from core.runs import RunPaths, atomic_dir, require, run_folder_lock, write_json_atomic
 from fine_tune.peft_methods import (
@@ -63,13 +68,11 @@ from fine_tune.resume import (
     write_fingerprint,
 )
 from fine_tune.scale import (
-    counting_dataset_steps,
     describe_resume,
     examples_seen,
     global_batch,
     report_preparation,
     require_fsdp_device,
-    resumable_trainer,
     resume_plan,
     tokenization_source,
 )

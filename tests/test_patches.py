@@ -124,3 +124,36 @@ def test_llama_cpp_still_builds_its_model_parameters_from_the_function_the_patch
     with llama_cpp_without_amx():
         assert low_level.llama_model_default_params().use_extra_bufts == (not cpu_has_amx())
     assert low_level.llama_model_default_params is default
+
+
+def test_the_trainer_still_takes_the_resume_position_from_the_two_methods_resumable_trainer_overrides():
+    """The guard of core/patches.py: resumable_trainer. The training loop calls both, with these parameters,
+    and unpacks (epochs trained, steps to skip) from _init_training_state."""
+    import inspect
+
+    from transformers import Trainer
+
+    parameters = ["self", "max_steps", "num_update_steps_per_epoch", "num_train_epochs"]
+    assert list(inspect.signature(Trainer._init_training_state).parameters)[:4] == parameters
+    initial_values = inspect.signature(Trainer.set_initial_training_values).parameters
+    assert list(initial_values) == ["self", "args", "dataloader"]
+    loop = inspect.getsource(Trainer._inner_training_loop)
+    assert "= self.set_initial_training_values(args, train_dataloader)" in loop
+    assert "epochs_trained, steps_trained_in_current_epoch = self._init_training_state(" in loop
+
+
+def test_datasets_still_says_when_a_step_is_computed_and_when_it_is_read_from_the_cache(tmp_path):
+    """The guard of core/patches.py: counting_dataset_steps counts datasets' log messages."""
+    from datasets import Dataset, enable_caching
+
+    from core.patches import counting_dataset_steps
+
+    enable_caching()
+    Dataset.from_dict({"x": [1, 2, 3]}).save_to_disk(str(tmp_path / "data"))
+    rows = Dataset.load_from_disk(str(tmp_path / "data"))
+    counts = []
+    for _ in range(2):
+        with counting_dataset_steps() as steps:
+            rows.map(lambda row: {"y": row["x"] * 2}, new_fingerprint="doubled")
+        counts.append((steps.computed, steps.read))
+    assert counts == [(1, 0), (0, 1)]
