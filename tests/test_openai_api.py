@@ -14,7 +14,9 @@ from inference.openai_api import (
     ChatRequest,
     CompletionRequest,
     Message,
+    ServedModel,
     answer_budget,
+    chat_prompt,
     conversation,
     decoding_options,
     require_tokens,
@@ -54,6 +56,18 @@ def test_a_conversation_the_format_cannot_render_is_a_400_naming_the_message(tur
     with pytest.raises(ApiError) as caught:
         conversation(chat(*turns))
     assert caught.value.status == 400 and caught.value.param == param and words in caught.value.message
+
+
+def test_a_plain_text_model_continues_one_message_and_answers_a_history_with_a_400():
+    from core.prompts import PlainTextFormat
+
+    model = ServedModel("new_model", llama=None, tokenizer=None, chat=PlainTextFormat(), system_prompt=None)
+    assert chat_prompt(model, chat(("user", "A list comprehension"))).text == "A list comprehension"
+    history = chat(("user", "a"), ("assistant", "b"), ("user", "c"))
+    for messages in (history, chat(("system", "S"), ("user", "q"))):
+        with pytest.raises(ApiError) as error:
+            chat_prompt(model, messages)
+        assert error.value.status == 400 and "plain text" in error.value.message
 
 
 def test_the_answer_takes_what_was_asked_or_the_profiles_limit_cut_to_the_room_left():
