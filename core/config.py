@@ -93,8 +93,8 @@ class AlpacaSource(Section):
 
 
 class ConversationSource(Section):
-    """Multi-turn conversations (docs/data.md): `messages` (OpenAI/TRL JSONL), `sharegpt` (JSON or JSONL) or
-    `moss` (Firefly's MOSS records). Each becomes one training row with every answer in the loss."""
+    """Multi-turn conversations (docs/conversations.md): `messages` (OpenAI/TRL JSONL), `sharegpt` (JSON or
+    JSONL) or `moss` (Firefly's MOSS records). Each becomes one training row with every answer in the loss."""
 
     path: Path
     format: Literal["messages", "sharegpt", "moss"]
