@@ -5,9 +5,11 @@ These run real programs under the isolation this machine allows; no sandbox here
 
 from __future__ import annotations
 
+import ast
 import os
 import random
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluation import sandbox
+from evaluation import sandbox, sandbox_driver
 from evaluation.sandbox import Isolation, Limits, run_program, run_programs
 
 SMALL = Limits(
@@ -235,3 +237,29 @@ def test_a_signal_unshare_could_not_pass_on_is_a_kill_not_an_error():
     assert lost.status == "killed" and "unshare could not pass on" in lost.detail
     exited = sandbox._unreported(unshare, 1, 0.1, "Traceback ...\nValueError: x\n")
     assert exited.status == "error" and "ValueError" in exited.detail
+
+
+DRIVER = Path(sandbox_driver.__file__)
+
+
+def test_the_driver_imports_the_standard_library_only() -> None:
+    """The sandboxed interpreter (`-I -S`) has the standard library alone, and what the driver imports
+    runs again in every sandbox: nothing third-party, nothing of this project, not even lazily."""
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(DRIVER.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.partition(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            relative = "." * node.level + (node.module or "")
+            assert node.level == 0 and node.module, f"relative import from {relative}: this project's code"
+            imported.add(node.module.partition(".")[0])
+    assert {"os", "resource", "ctypes"} <= imported  # the walk found them, the one inside a function too
+    outside = imported - sys.stdlib_module_names
+    assert not outside, f"the driver imports from outside the standard library: {sorted(outside)}"
+
+
+def test_the_sandbox_runs_the_driver_file_whole(tmp_path: Path) -> None:
+    """What the sandboxed interpreter runs is the driver file's text, so the check above covers it all."""
+    bubblewrap = next(candidate for candidate in sandbox.ISOLATIONS if candidate.name == "bubblewrap")
+    command = sandbox._command(bubblewrap, tmp_path, 3, SMALL)
+    assert command[command.index("-c") + 1] == DRIVER.read_text(encoding="utf-8")
