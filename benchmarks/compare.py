@@ -16,7 +16,9 @@ import time
 from benchmarks.results import record
 from core.config import Config, load_config
 from core.runs import RunPaths
-from inference.generate import decoding_options, generate, load_model, resolve_model
+from inference.generate import decoding_options, generate
+from inference.loading import load_model
+from inference.models import resolve_model
 
 PROFILE = "configs/tiny.yaml"
 OVERRIDES = ["run.output_dir=runs/bench", "run.name=compare", "data.validation_size=32"]

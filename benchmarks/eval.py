@@ -19,7 +19,8 @@ from core.config import load_config
 from evaluation.problems import evaluation_program
 from evaluation.sandbox import run_program, run_programs
 from inference.evaluate import answer_problems, load_problems, sandbox_limits
-from inference.generate import load_model, resolve_model
+from inference.loading import load_model
+from inference.models import resolve_model
 
 PROBLEMS = 32
 

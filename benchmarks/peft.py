@@ -46,8 +46,8 @@ def answer_metrics(config, rows: list[dict], model: str = "new_model") -> dict:
     computes them."""
     from core.prompts import curated_row
     from inference.compare import evaluate_model
-    from inference.generate import resolve_model
     from inference.metrics import rouge_l, summarize
+    from inference.models import resolve_model
 
     prompts = [curated_row(row["prompt"], row["completion"], row.get("controls"))[0] for row in rows]
     references = [row["completion"].strip() for row in rows]

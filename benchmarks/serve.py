@@ -80,7 +80,9 @@ def infer_tokens_per_second(config, questions: list[list[dict]]) -> float:
     """make infer's engine on the same prompts: transformers, batched, greedy, the same token limit."""
     from core.model import chat_format
     from core.prompts import Rendered
-    from inference.generate import generate, load_model, resolve_model
+    from inference.generate import generate
+    from inference.loading import load_model
+    from inference.models import resolve_model
 
     model, tokenizer = load_model(resolve_model(config, "new_model"), config)
     chat = chat_format(tokenizer)

@@ -86,17 +86,42 @@ def compute_dtype(config: Config) -> torch.dtype:
     return model_dtype(config.quant.compute_dtype)
 
 
-def device_map() -> dict[str, Any] | None:
-    """The whole model on this process's device: one process per GPU under accelerate/torchrun.
+def device_map(launched: bool = True) -> dict[str, Any] | None:
+    """The whole model on one device: a GPU when there is one, else the CPU.
 
-    Under FSDP the model is loaded without a device map and sharded by the launcher."""
+    `launched` reads what accelerate/torchrun tell a process, as training (one process per GPU) must: the
+    GPU is this process's (LOCAL_RANK), and under FSDP there is no device map, for the launcher to shard the
+    model. Without it (inference) the current GPU, whatever those variables say."""
     import torch
 
+    if not launched:
+        return {"": "cuda" if torch.cuda.is_available() else "cpu"}
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
         return None
     if torch.cuda.is_available():
         return {"": int(os.environ.get("LOCAL_RANK", 0))}
     return {"": "cpu"}
+
+
+def load_causal_lm(
+    name_or_path: str | Path,
+    dtype: str = "auto",
+    devices: dict[str, Any] | None = None,
+    revision: str | None = "main",
+    quantization: Any = None,
+):
+    """A causal LM's weights, the way every stage loads them: in model_dtype(`dtype`) ("auto", or a dtype the
+    config names), quantized on load when `quantization` (quantization_config's) is given, on `devices`
+    (device_map's; None: no device map, so the CPU). "main" is transformers' own default `revision`."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        name_or_path,
+        revision=revision,
+        dtype=model_dtype(dtype),
+        device_map=devices,
+        quantization_config=quantization,
+    )
 
 
 # The formats this project writes, as the chat template each saves with the tokenizer.

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from core.config import Config
-from core.model import answer_ids, chat_format, device_map, model_dtype
+from core.model import answer_ids, chat_format, device_map, load_causal_lm
 from core.patches import llama_cpp_without_amx
 from core.prompts import ChatFormat, PlainTextFormat, Rendered, curated_row
 
@@ -249,15 +249,13 @@ def check_export(
     merged: Path, tokenizer, rows: list[dict], files: dict[str, Path], config: Config
 ) -> dict[str, Any]:
     """Every check of the module's docstring; `files` maps each kind (the 16-bit one first) to its file."""
-    from transformers import AutoModelForCausalLM
-
     sixteen, *quantized = files
     compared = rows[: config.inference.compare_examples]
     examples = [
         example(tokenizer, *curated_row(row["prompt"], row["completion"], row.get("controls")))
         for row in compared
     ]
-    model = AutoModelForCausalLM.from_pretrained(merged, dtype=model_dtype(), device_map=device_map())
+    model = load_causal_lm(merged, "auto", device_map())
     model.eval()
     threads = 1 if model.num_parameters() < SMALL_MODEL_PARAMETERS else os.cpu_count() or 1
     torch.set_num_threads(threads)

@@ -27,7 +27,15 @@ import torch
 from core.cli import run_stage, stage_parser
 from core.config import Config, InferenceConfig
 from core.errors import UserError
-from core.model import answer_ids_batch, chat_format, load_model_config, load_tokenizer, resolve_base
+from core.model import (
+    answer_ids_batch,
+    chat_format,
+    load_causal_lm,
+    load_model_config,
+    load_tokenizer,
+    model_dtype,
+    resolve_base,
+)
 from core.prompts import curated_row
 from core.runs import RunPaths, atomic_dir, require, run_folder_lock, write_json_atomic
 from fine_tune.card import base_hub_id, model_card
@@ -129,15 +137,15 @@ def merges_into_weights(adapter: Path) -> bool:
 
 def merge(config: Config, paths: RunPaths, adapter: Path) -> None:
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    dtype = getattr(torch, config.merge.dtype)
+    dtype = model_dtype(config.merge.dtype)
     base_path = resolve_base(config)
     refuse_quantized_base(base_path, config.model.revision)
     tokenizer = load_tokenizer(str(adapter), prompt_format=config.data.prompt_format)  # pad never EOS
     inputs = check_inputs(config, tokenizer)
 
-    base = AutoModelForCausalLM.from_pretrained(base_path, revision=config.model.revision, dtype=dtype)
+    # Unquantized in merge.dtype, never 4-bit; no device map, so in CPU memory, as the docstring counts it.
+    base = load_causal_lm(base_path, config.merge.dtype, revision=config.model.revision)
     model = PeftModel.from_pretrained(base, adapter)
     model.eval()
     reference = masked_logits(model, inputs)
@@ -156,7 +164,7 @@ def merge(config: Config, paths: RunPaths, adapter: Path) -> None:
         tokenizer.save_pretrained(staging)
         del merged, model, base
         gc.collect()
-        reloaded = AutoModelForCausalLM.from_pretrained(staging, dtype=dtype)
+        reloaded = load_causal_lm(staging, config.merge.dtype)
         reloaded.eval()
         difference = (masked_logits(reloaded, inputs) - reference).abs().max().item()
         del reloaded

@@ -30,6 +30,7 @@ from core.model import (
     base_tokenizer,
     compute_dtype,
     device_map,
+    load_causal_lm,
     load_model_config,
     lora_targets,
     quantization_config,
@@ -131,15 +132,9 @@ def load_quantized_model(config: Config, base: str):
     """The base as `quant.bits` says (4-bit, 8-bit, or unquantized in the compute dtype) with fresh adapters
     of `peft.method` (LoRA on `lora.target_modules` by default)."""
     from peft import get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM
 
-    dtype = compute_dtype(config)
-    model = AutoModelForCausalLM.from_pretrained(
-        base,
-        revision=config.model.revision,
-        quantization_config=quantization_config(config),
-        dtype=dtype,
-        device_map=device_map(),
+    model = load_causal_lm(
+        base, config.quant.compute_dtype, device_map(), config.model.revision, quantization_config(config)
     )
     model.config.use_cache = False  # the cache is useless in training and breaks packed-sequence isolation
     control_cpu_repack(model, training=True)  # evaluations must not change how training computes

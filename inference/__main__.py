@@ -16,17 +16,9 @@ from pathlib import Path
 from core.cli import run_stage, stage_parser
 from core.config import Config
 from core.errors import UserError
-from inference.generate import (
-    add_model_option,
-    check_prompts_fit,
-    decoding_settings,
-    describe_decoding,
-    generate,
-    load_model,
-    model_chat_format,
-    resolve_model,
-    stream_answer,
-)
+from inference.generate import decoding_settings, describe_decoding, generate, stream_answer
+from inference.loading import check_prompts_fit, load_model, model_chat_format
+from inference.models import add_model_option, resolve_model
 from inference.prompts_file import PromptRequest, read_prompts
 
 log = logging.getLogger(__name__)

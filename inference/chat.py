@@ -17,14 +17,9 @@ from core.config import Config, InferenceConfig
 from core.errors import UserError
 from core.model import chat_format, prompt_ids
 from core.prompts import Rendered
-from inference.generate import (
-    add_model_option,
-    context_length,
-    load_model,
-    resolve_model,
-    stream_answer,
-    too_long,
-)
+from inference.generate import stream_answer
+from inference.loading import context_length, load_model, too_long
+from inference.models import add_model_option, resolve_model
 
 HELP = "commands: /base, /tuned (switch model, keep the conversation), /clear (forget it), /help, /quit"
 

@@ -29,18 +29,10 @@ from core.runs import RunPaths, require, run_folder_lock, write_json_atomic, wri
 from evaluation.problems import Problem
 from inference.eval_report import eval_summary_html, eval_table
 from inference.evaluate import answer_problems, evaluation_report, load_problems
-from inference.generate import (
-    Answer,
-    ModelSource,
-    add_model_option,
-    check_prompts_fit,
-    decoding_settings,
-    generate,
-    load_model,
-    model_chat_format,
-    resolve_model,
-)
+from inference.generate import Answer, decoding_settings, generate
+from inference.loading import check_prompts_fit, load_model, model_chat_format
 from inference.metrics import completion_labels, rouge_l, summarize, summed_token_loss
+from inference.models import ModelSource, add_model_option, resolve_model
 from inference.prompts_file import PromptRequest, read_prompts
 from inference.report import html_report, markdown_report, summary_table
 

@@ -41,19 +41,10 @@ from evaluation.problems import (
 from evaluation.sandbox import Limits, SandboxUnavailable, isolation, run_programs
 from evaluation.stats import paired_difference, pass_at_k, wilson_interval
 from inference.eval_report import eval_html, eval_markdown, eval_table
-from inference.generate import (
-    DEFAULT_CONTEXT,
-    ModelSource,
-    add_model_option,
-    answer_from_tokens,
-    continuation,
-    decoding_settings,
-    generate_ids,
-    load_model,
-    model_chat_format,
-    resolve_model,
-)
+from inference.generate import answer_from_tokens, continuation, decoding_settings, generate_ids
+from inference.loading import DEFAULT_CONTEXT, load_model, model_chat_format
 from inference.metrics import python_blocks
+from inference.models import ModelSource, add_model_option, resolve_model
 
 log = logging.getLogger(__name__)
 

@@ -120,7 +120,9 @@ def test_merged_model_is_safetensors_and_equals_base_plus_adapter(pipeline):
 
 def test_infer_streams_only_the_answer_for_new_model_and_base(pipeline):
     from core.prompts import render_prompt
-    from inference.generate import generate, load_model, resolve_model
+    from inference.generate import generate
+    from inference.loading import load_model
+    from inference.models import resolve_model
     from tests.conftest import smoke_config
 
     tmp, _ = pipeline

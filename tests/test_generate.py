@@ -1,5 +1,6 @@
 """Generation with the real smoke base model: only the answer comes back, it stops at EOS, and left-padded
-batches answer exactly as one prompt at a time."""
+batches answer exactly as one prompt at a time. Without a model: every way of reading an answer cuts it at
+the same EOS, and inference loads on the current device whatever a launcher's variables say."""
 
 from pathlib import Path
 
@@ -7,9 +8,19 @@ import pytest
 import torch
 
 from core.errors import UserError
+from core.model import device_map
 from core.prompts import render_prompt
 from inference.chat import fitted_prompt
-from inference.generate import ModelSource, decoding_options, generate, load_model
+from inference.generate import (
+    Answer,
+    AnswerStreamer,
+    answer_from_tokens,
+    continuation,
+    decoding_options,
+    generate,
+)
+from inference.loading import load_model
+from inference.models import ModelSource
 from tests.conftest import smoke_config
 
 QUESTIONS = [
@@ -139,3 +150,43 @@ def test_chat_prompt_drops_the_oldest_turns_to_fit(smoke_tokenizer, settings):
         f"of {context} tokens (max_position_embeddings) minus inference.max_new_tokens "
         f"{settings.max_new_tokens}; shorten it, or lower inference.max_new_tokens"
     )
+
+
+class Letters:
+    """A tokenizer of one letter per id, enough to see where an answer is cut: EOS 0, pad 1, a is 2."""
+
+    eos_token_id, pad_token_id = 0, 1
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return "".join(chr(ord("a") + token - 2) if token > 1 else "" for token in ids)
+
+
+def streamed(tokens: list[int], capsys) -> str:
+    streamer = AnswerStreamer(Letters())
+    streamer.put(torch.tensor([[9, 9]]))  # the prompt, which generate passes first
+    for token in tokens:
+        streamer.put(torch.tensor([token]))
+    streamer.end()
+    return capsys.readouterr().out
+
+
+def test_every_reading_of_an_answer_cuts_it_at_the_first_eos(capsys):
+    ended = [2, 3, 0, 4, 0, 1, 1]  # a, b, EOS, then what the rest of a batch made this row generate, pads
+    assert answer_from_tokens(Letters(), ended) == Answer("ab", 2, stopped=True)
+    assert continuation(Letters(), [5], ended) == Answer("ab", 2, stopped=True)
+    assert streamed(ended, capsys) == "ab\n"
+    cut_off = [2, 3, 4]  # no EOS: the token limit
+    assert answer_from_tokens(Letters(), cut_off) == Answer("abc", 3, stopped=False)
+    assert continuation(Letters(), [5], cut_off) == Answer("abc", 3, stopped=False)
+    assert streamed(cut_off, capsys) == "abc\n"
+
+
+def test_inference_takes_the_current_device_whatever_a_launcher_says(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert device_map(launched=False) == {"": "cpu"}
+    assert device_map() is None  # training under FSDP: the launcher shards the model
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    assert device_map(launched=False) == {"": "cuda"} and device_map() == {"": 1}

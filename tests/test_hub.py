@@ -191,7 +191,9 @@ def test_pushing_again_commits_nothing(pipeline, hub, pushed, outputs):
 
 
 def test_infer_answers_with_an_adapter_or_merged_model_from_the_hub(pipeline, hub, pushed, outputs):
-    from inference.generate import generate, load_model, resolve_model
+    from inference.generate import generate
+    from inference.loading import load_model
+    from inference.models import resolve_model
 
     tmp, run = pipeline
     config = smoke_config(tmp)

@@ -20,7 +20,8 @@ from core.prompts import render_prompt
 from inference import __main__ as infer
 from inference import compare
 from inference.chat import ChatSession
-from inference.generate import SMALL_MODEL_NOTE, resolve_model
+from inference.loading import SMALL_MODEL_NOTE
+from inference.models import resolve_model
 from tests.conftest import REPO, run_stage, smoke_config
 from tests.test_e2e import assert_one_error
 

@@ -52,7 +52,9 @@ def test_json_rows_are_the_trainers_own_batches(curated, packing, request):
 
 def test_prompt_ids_are_what_infer_sends(curated):
     from core.config import InferenceConfig
-    from inference.generate import generate_ids, load_model, model_chat_format, resolve_model
+    from inference.generate import generate_ids
+    from inference.loading import load_model, model_chat_format
+    from inference.models import resolve_model
 
     config = smoke_config(curated)
     prompt = "How do I reverse a list in Python?"

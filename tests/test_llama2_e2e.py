@@ -84,8 +84,10 @@ def test_infer_chat_and_compare_send_what_training_saw(run, llama2_base_dir, tmp
     ids and labels training learned from. A chat's earlier turn is its training sequence, EOS included."""
     from core.model import load_tokenizer
     from inference.chat import fitted_prompt
-    from inference.generate import generate_ids, load_model, resolve_model
+    from inference.generate import generate_ids
+    from inference.loading import load_model
     from inference.metrics import completion_labels
+    from inference.models import resolve_model
 
     config = smoke_config(run.parent.parent, f"model.name_or_path={llama2_base_dir}", *LLAMA2_RUN[1::2])
     rows = curated_rows(run.parent.parent)

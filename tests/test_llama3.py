@@ -126,7 +126,9 @@ def test_the_merged_model_stops_on_eot_and_infer_sends_what_training_saw(run, ll
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from core.model import chat_format
-    from inference.generate import generate_ids, load_model, resolve_model
+    from inference.generate import generate_ids
+    from inference.loading import load_model
+    from inference.models import resolve_model
     from tests.conftest import smoke_config
 
     assert json.loads((run / "reports" / "merge_check.json").read_text())["passed"]

@@ -137,7 +137,9 @@ def test_the_gpt_neox_trains_with_quant_bits(neox_curated, neox_base_dir, bits):
 def test_eight_bit_inference_loads_llm_int8_and_answers(neox_run, tmp_path):
     from bitsandbytes.nn import Linear8bitLt
 
-    from inference.generate import ModelSource, generate, load_model
+    from inference.generate import generate
+    from inference.loading import load_model
+    from inference.models import ModelSource
 
     config = smoke_config(tmp_path, "quant.bits=8", "inference.quantize=true", "inference.max_new_tokens=4")
     merged = ModelSource("new_model", str(neox_run / "merged"), is_adapter=False)
