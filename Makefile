@@ -166,10 +166,10 @@ bench-docs: install ## write docs/benchmarks.md's table from runs/bench/results.
 # No install: a GPU machine may have its own PyTorch and reach no registry. The .venv's Python if there is
 # one, else PYTHON (python3); what that Python lacks comes from the wheels of gpu-check-wheels.
 gpu-check: ## on one CUDA GPU: a Llama-2-7B-shaped QLoRA run, then the tiny pipeline (on a CPU: says so)
-	$(if $(wildcard $(PY)),$(PY),"$$PYTHON") -m benchmarks.gpu_check
+	$(if $(wildcard $(PY)),$(PY),"$$PYTHON") -m gpu_check
 
 gpu-check-wheels: install ## download the wheels gpu-check brings to a GPU machine: .cache/gpu-wheels
-	$(PY) -m benchmarks.gpu_check --download-wheels
+	$(PY) -m gpu_check --download-wheels
 
 lint: install ## ruff
 	$(PY) -m ruff check .

@@ -9,8 +9,6 @@ stages into runs/bench/compare when missing (the base is cached in .cache/base, 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 from benchmarks.results import record
@@ -19,6 +17,7 @@ from core.runs import RunPaths
 from inference.generate import decoding_options, generate
 from inference.loading import load_model
 from inference.models import resolve_model
+from synthetic.stages import run_stage
 
 PROFILE = "configs/tiny.yaml"
 OVERRIDES = ["run.output_dir=runs/bench", "run.name=compare", "data.validation_size=32"]
@@ -36,8 +35,7 @@ def build_missing(config: Config) -> None:
     }
     for module, artifact in artifacts.items():
         if artifact is None or not artifact.exists():
-            overrides = [arg for override in OVERRIDES for arg in ("--set", override)]
-            subprocess.run([sys.executable, "-m", module, "--config", PROFILE, *overrides], check=True)
+            run_stage(module, PROFILE, OVERRIDES, capture=False)
 
 
 def notebook_way(model, tokenizer, prompts: list[str], options: dict) -> list[str]:

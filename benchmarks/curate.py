@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 from benchmarks.results import record
-from benchmarks.synth_stackoverflow import FULL_ANSWERS, FULL_QUESTIONS, write_dump
+from synthetic.stackoverflow import FULL_ANSWERS, FULL_QUESTIONS, write_dump
+from synthetic.stages import run_stage, stage_command
 
 BENCH = Path("runs/bench")
 QUESTIONS = 100_000
@@ -72,7 +73,7 @@ def ours_command(
         f"data.validation_size={validation_size}",
         f"data.too_long={too_long}",
     ]
-    return [sys.executable, "-m", "data_prep", "--config", SMOKE, *[f"--set={s}" for s in settings]]
+    return stage_command("data_prep", SMOKE, settings)
 
 
 def measure(command: list[str]) -> tuple[float, float]:
@@ -108,7 +109,7 @@ def dump_of(questions: int, answers: int, name: str) -> Path:
 
 
 def ensure_smoke_base() -> None:
-    subprocess.run([sys.executable, "-m", "fine_tune.base", "--config", SMOKE], check=True)
+    run_stage("fine_tune.base", SMOKE, capture=False)
 
 
 def run(rounds: int = ROUNDS) -> None:
@@ -158,9 +159,11 @@ def main() -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--full-scale", action="store_true", help="ours alone on the full-size dump")
     group.add_argument("--baseline", type=Path, metavar="DUMP", help="run the notebook's curation on DUMP")
+    parser.add_argument("--validation-size", type=int, default=1000,
+                        help="the baseline's validation rows (default 1000, as the notebook's)")  # fmt: skip
     args = parser.parse_args()
     if args.baseline:
-        print(f"baseline: {baseline(args.baseline, BENCH / 'curate-baseline')} pairs")
+        print(f"baseline: {baseline(args.baseline, BENCH / 'curate-baseline', args.validation_size)} pairs")
     elif args.full_scale:
         run_full_scale()
     else:

@@ -1,9 +1,10 @@
 """Peak GPU memory and tokens/s of QLoRA training on a Llama-2-7B-shaped model, without a download.
 
-Builds the model from Llama-2-7B's configuration with random weights, saves it in float16, loads it
-back through the training stage's own 4-bit loading path (`fine_tune.train.load_quantized_model` with
-the llama2-7b-python profile), and runs a few training steps at sequence length 512 and the profile's
-batch with its optimizer. Without a CUDA GPU it says so and skips.
+Writes a model of Llama-2-7B's configuration with random float16 weights, shard by shard on the GPU
+(synthetic/llama.py, as make gpu-check does), loads it back through the training stage's own 4-bit
+loading path (`fine_tune.train.load_quantized_model` with the llama2-7b-python profile), and runs a few
+training steps at sequence length 512 and the profile's batch with its optimizer. Without a CUDA GPU it
+says so and skips.
 
     python -m benchmarks.gpu_memory [--steps 5]
 """
@@ -13,22 +14,14 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from core.config import load_config
+from synthetic.llama import LLAMA2_7B, SHARD_BYTES, write_random_llama
 
 PROFILE = "configs/llama2-7b-python.yaml"
-LLAMA2_7B = {
-    "vocab_size": 32000,
-    "hidden_size": 4096,
-    "intermediate_size": 11008,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "max_position_embeddings": 4096,
-    "rms_norm_eps": 1e-5,
-}
 
 
 def measure(steps: int = 5) -> dict | None:
@@ -36,15 +29,14 @@ def measure(steps: int = 5) -> dict | None:
         print("gpu_memory: skipped, no CUDA GPU on this machine")
         return None
     import bitsandbytes as bnb
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
     from fine_tune.train import load_quantized_model
 
     with tempfile.TemporaryDirectory() as folder:
-        with torch.device("cuda"):
-            model = LlamaForCausalLM(LlamaConfig(**LLAMA2_7B)).half()
-        model.save_pretrained(folder)
-        del model
+        write_random_llama(
+            Path(folder), LlamaConfig(**LLAMA2_7B), torch.float16, shard_bytes=SHARD_BYTES, device="cuda"
+        )
         torch.cuda.empty_cache()
         config = load_config(PROFILE, [f"model.name_or_path={folder}"])
         torch.cuda.reset_peak_memory_stats()

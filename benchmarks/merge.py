@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 from benchmarks.results import record
+from synthetic.llama import SHARD_BYTES, write_random_llama
+from synthetic.stages import stage_command
 
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "runs" / "bench" / "merge"
@@ -34,32 +36,21 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 def build_model(base: str, adapter: str) -> None:
-    """A random float16 Llama and a random LoRA adapter: shapes from a model on the meta device, so the
-    weights are made once, directly in float16."""
+    """A random float16 Llama (written as make gpu-check writes its 7B base: a shard at a time) and a random
+    LoRA adapter on it, shaped by the model on the meta device."""
     import torch
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
     from safetensors.torch import save_file
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     from fine_tune.base import build_tokenizer, stdlib_corpus
 
-    torch.manual_seed(0)
     config = LlamaConfig(**MODEL, bos_token_id=1, eos_token_id=2)
+    base, adapter = Path(base), Path(adapter)
+    write_random_llama(base, config, torch.float16, shard_bytes=SHARD_BYTES)
+    torch.manual_seed(0)
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
-    weights = {
-        name: torch.ones(meta.shape, dtype=torch.float16)
-        if name.endswith("norm.weight")
-        else (torch.randn(meta.shape, dtype=torch.float16) * 0.02)
-        for name, meta in model.state_dict().items()
-    }
-    base, adapter = Path(base), Path(adapter)
-    base.mkdir(parents=True)
-    save_file(weights, base / "model.safetensors", metadata={"format": "pt"})
-    config.dtype = "float16"
-    config.save_pretrained(base)
-    GenerationConfig(bos_token_id=1, eos_token_id=2).save_pretrained(base)
-    del weights
 
     lora = LoraConfig(r=16, lora_alpha=32, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, lora)
@@ -122,15 +113,11 @@ def run() -> dict:
             python(f"from benchmarks.merge import build_model; build_model({str(base)!r}, {str(adapter)!r})"),
             WORK / "build.log",
         )
-        weights_mb = round((base / "model.safetensors").stat().st_size / 2**20, 1)
+        weights_mb = round(sum(file.stat().st_size for file in base.glob("*.safetensors")) / 2**20, 1)
+        overrides = [f"model.name_or_path={base}", f"run.output_dir={WORK}", "run.name=ours"]
         ours = peak_rss_mb(
-            [
-                sys.executable, "-m", "fine_tune.merge", "--config", "configs/llama2-7b-python.yaml",
-                "--set", f"model.name_or_path={base}", "--set", f"run.output_dir={WORK}",
-                "--set", "run.name=ours",
-            ],
-            WORK / "ours.log",
-        )  # fmt: skip
+            stage_command("fine_tune.merge", "configs/llama2-7b-python.yaml", overrides), WORK / "ours.log"
+        )
         shutil.rmtree(WORK / "ours" / "merged")
         (WORK / "notebook").mkdir()
         notebook = peak_rss_mb(

@@ -14,13 +14,12 @@ and as one table to runs/bench/peft.md.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from benchmarks.results import record
 from core.config import load_config
 from core.runs import RunPaths
+from synthetic.stages import run_stage
 
 PROFILE = "configs/tiny.yaml"
 METHODS = ["lora", "dora", "rslora", "olora", "adalora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning"]
@@ -37,8 +36,7 @@ def overrides(run_name: str, method: str = "lora") -> list[str]:
 
 
 def stage(module: str, run_name: str, method: str) -> None:
-    sets = [arg for override in overrides(run_name, method) for arg in ("--set", override)]
-    subprocess.run([sys.executable, "-m", module, "--config", PROFILE, *sets], check=True)
+    run_stage(module, PROFILE, overrides(run_name, method), capture=False)
 
 
 def answer_metrics(config, rows: list[dict], model: str = "new_model") -> dict:

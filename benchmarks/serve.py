@@ -16,7 +16,6 @@ import re
 import signal
 import statistics
 import subprocess
-import sys
 import threading
 import time
 
@@ -24,18 +23,15 @@ from benchmarks.compare import OVERRIDES, PROFILE, build_missing
 from benchmarks.results import record
 from core.config import load_config
 from core.runs import RunPaths
+from synthetic.stages import run_stage, stage_command
 
 CLIENTS, REQUESTS, MAX_TOKENS = 8, 25, 32
 
 
-def stage(module: str, *arguments: str) -> list[str]:
-    overrides = [arg for override in OVERRIDES for arg in ("--set", override)]
-    return [sys.executable, "-m", module, "--config", PROFILE, *overrides, *arguments]
-
-
 def start_server() -> tuple[subprocess.Popen, str]:
     """The server on a free port, once it says where it listens."""
-    process = subprocess.Popen(stage("inference.serve", "--port", "0"), stderr=subprocess.PIPE, text=True)
+    command = stage_command("inference.serve", PROFILE, OVERRIDES, "--port", "0")
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     for line in process.stderr:
         found = re.search(r"at (http://\S+/v1)", line)
         if found:
@@ -102,7 +98,7 @@ def run() -> None:
 
     config = load_config(PROFILE, OVERRIDES)
     build_missing(config)
-    subprocess.run(stage("export", "--if-missing"), check=True)
+    run_stage("export", PROFILE, OVERRIDES, "--if-missing", capture=False)
     rows = load_from_disk(str(RunPaths.of(config).dataset / "data"))["validation"]
     system = config.data.system_prompt
     pattern = re.compile(r"\n<</SYS>>\n\n(?P<user>.*) \[/INST\]", re.S)

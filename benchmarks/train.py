@@ -10,11 +10,10 @@ both, so the time is training alone (the stage times `trainer.train()`, not load
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from benchmarks.results import record
+from synthetic.stages import run_stage
 
 PROFILE = "configs/tiny.yaml"
 OUTPUT = Path("runs/bench/train")
@@ -31,10 +30,7 @@ NOTEBOOK_RECIPE = [
 
 def stage(module: str, run_name: str, overrides: list[str]) -> None:
     settings = [f"run.output_dir={OUTPUT}", f"run.name={run_name}", *overrides]
-    command = [sys.executable, "-m", module, "--config", PROFILE]
-    for setting in settings:
-        command += ["--set", setting]
-    subprocess.run(command, check=True)
+    run_stage(module, PROFILE, settings, capture=False)
 
 
 def train_one_epoch(run_name: str, overrides: list[str]) -> dict:

@@ -11,19 +11,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from core.config import Config, load_config
+from synthetic import REPO
+from synthetic.llama import LLAMA2_SMALL, LLAMA2_TOKENIZER, write_random_llama
+from synthetic.stages import run_stage as run_any_stage
 
-REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "configs" / "smoke.yaml"
-LLAMA2_TOKENIZER = (
-    REPO / "tests" / "fixtures" / "llama2-tokenizer"
-)  # Meta's, rebuilt offline: see README.md there
-LLAMA3_TOKENIZER = REPO / "tests/fixtures/llama3-tokenizer"
 
 
 # Fixtures that build a model or curate a run: a test that uses one, even through another fixture, is an
@@ -88,19 +85,8 @@ def run_stage(
     stdin: str | None = None,
 ) -> subprocess.CompletedProcess:
     """A stage as a user runs it (`python -m ...`) on the smoke profile, with its outputs under `tmp`."""
-    command = [
-        sys.executable, "-m", module, "--config", str(SMOKE),
-        "--set", f"run.output_dir={tmp / 'runs'}",
-        "--set", f"model.embedded.cache_dir={tmp / 'base'}",
-        *extra,
-    ]  # fmt: skip
-    environment = {**os.environ, **env} if env else None
-    result = subprocess.run(
-        command, cwd=REPO, input=stdin, capture_output=True, text=True, timeout=600, env=environment
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"{module} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result
+    overrides = [f"run.output_dir={tmp / 'runs'}", f"model.embedded.cache_dir={tmp / 'base'}"]
+    return run_any_stage(module, SMOKE, overrides, *extra, check=check, env=env, stdin=stdin, timeout=600)
 
 
 @pytest.fixture(scope="session")
@@ -155,11 +141,6 @@ LLAMA2_RUN = ("--set", "train.max_length=256", "--set", "train.max_steps=4", "--
               "--set", "train.save_steps=4")  # fmt: skip
 
 
-# Llama-2-7B's configuration (benchmarks/gpu_memory.py) shrunk to a model the tests train in seconds.
-LLAMA2_SMALL = {"hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 2, "num_attention_heads": 4,
-                "num_key_value_heads": 4}  # fmt: skip
-
-
 @pytest.fixture(scope="session")
 def llama2_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random tiny LlamaForCausalLM shaped like Llama-2 wherever the pipeline can tell: Llama-2-7B's config
@@ -167,17 +148,13 @@ def llama2_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     2 layers, float16 weights as Meta publishes them, and Meta's tokenizer files as published (a
     LlamaTokenizer with `legacy: false`): a user's local base folder, for model.name_or_path=<folder>."""
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    from benchmarks.gpu_memory import LLAMA2_7B
+    from transformers import GenerationConfig, LlamaConfig
 
     folder = tmp_path_factory.mktemp("llama2-base") / "tiny-llama-2"
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**{**LLAMA2_7B, **LLAMA2_SMALL}))
-    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2)
-    model.half().save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(LLAMA2_TOKENIZER / name, folder)
+    generation = GenerationConfig(bos_token_id=1, eos_token_id=2)
+    write_random_llama(
+        folder, LlamaConfig(**LLAMA2_SMALL), torch.float16, tokenizer=LLAMA2_TOKENIZER, generation=generation
+    )
     return folder
 
 
@@ -210,7 +187,7 @@ def llama2_exported(pipeline, tmp_path_factory):
     result)."""
     pytest.importorskip("llama_cpp", reason="make test installs requirements-export.txt")
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
     from core.model import load_tokenizer
 
@@ -218,10 +195,9 @@ def llama2_exported(pipeline, tmp_path_factory):
     run = tmp / "runs" / "smoke"
     shutil.copytree(pipeline[1] / "dataset", run / "dataset")
     tokenizer = load_tokenizer(str(LLAMA2_TOKENIZER))
-    torch.manual_seed(0)
     shape = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2}
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=1024, **shape))
-    model.save_pretrained(run / "merged")
+    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=1024, **shape)
+    write_random_llama(run / "merged", config, torch.float32)
     tokenizer.save_pretrained(run / "merged")
     return tmp, run, run_stage("export", tmp)
 

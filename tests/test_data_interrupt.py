@@ -4,13 +4,13 @@ and its workers alike. It stops promptly, with one line, and leaves no staging f
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from benchmarks.synth_stackoverflow import write_dump
+from synthetic.stackoverflow import write_dump
+from synthetic.stages import stage_command
 from tests.conftest import REPO, SMOKE
 
 # Enough rows that the workers are still converting HTML when the signal comes, several seconds of work.
@@ -27,8 +27,7 @@ def start(how: str, overrides: list[str]) -> subprocess.Popen:
     if how == "make":
         command = ["make", "--no-print-directory", "data", f"CONFIG={SMOKE}", "SET=" + " ".join(overrides)]
     else:
-        command = [sys.executable, "-m", "data_prep", "--config", str(SMOKE)]
-        command += [part for override in overrides for part in ("--set", override)]
+        command = stage_command("data_prep", SMOKE, overrides)
     return subprocess.Popen(
         command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )

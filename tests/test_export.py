@@ -20,7 +20,8 @@ from core.prompts import Llama2Format, PlainTextFormat
 from export.check import answer_nll, common_prefix, first_difference, perplexity
 from export.gguf import converter_failure
 from export.modelfile import modelfile, ollama_template
-from tests.conftest import LLAMA2_TOKENIZER, run_stage
+from synthetic.llama import LLAMA2_TOKENIZER
+from tests.conftest import run_stage
 from tests.test_e2e import assert_one_error
 
 SYSTEM = "You are a careful Python tutor."

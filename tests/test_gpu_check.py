@@ -1,4 +1,4 @@
-"""make gpu-check (benchmarks/gpu_check.py) where there is no GPU, and every part of it that runs on a CPU:
+"""make gpu-check (gpu_check/) where there is no GPU, and every part of it that runs on a CPU:
 the 7B shape, the random checkpoint written in shards, the bundle's rule for what to install, and the 7B
 profile's QLoRA run on a small Llama-2 shape. The run on a GPU itself is not tested here."""
 
@@ -12,15 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.gpu_check import (
-    install_wheels,
-    qlora_runs,
-    seven_b_table,
-    wheels_to_install,
-    write_random_checkpoint,
-)
-from benchmarks.gpu_memory import LLAMA2_7B
-from tests.conftest import LLAMA2_SMALL, REPO
+from gpu_check.__main__ import seven_b_table
+from gpu_check.bundle import install_wheels, wheels_to_install
+from gpu_check.runs import qlora_runs
+from synthetic.llama import LLAMA2_7B, LLAMA2_SMALL, write_random_llama
+from tests.conftest import REPO
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU make gpu-check runs for real")
@@ -47,8 +43,7 @@ def test_the_7b_shape_has_llama2_7bs_parameters_and_the_profiles_lora_the_seeds(
 def test_a_random_checkpoint_is_written_in_shards_and_loads_whole(tmp_path):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    small = LlamaConfig(**{**LLAMA2_7B, **LLAMA2_SMALL})
-    total = write_random_checkpoint(small, tmp_path, shard_bytes=2_000_000)
+    total = write_random_llama(tmp_path, LlamaConfig(**LLAMA2_SMALL), torch.float16, shard_bytes=2_000_000)
     assert len(list(tmp_path.glob("model-0000*-of-0000*.safetensors"))) > 2
     model, loading = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
     assert not any(loading.values())  # no missing, unexpected or mismatched weights
@@ -98,7 +93,7 @@ def test_the_7b_profile_trains_a_small_llama2_shape_on_a_cpu(tmp_path):
     quant.bits 8 and 16 on the same base and data."""
     from transformers import LlamaConfig
 
-    results = qlora_runs(LlamaConfig(**{**LLAMA2_7B, **LLAMA2_SMALL}), tmp_path, steps=2, batch_size=2)
+    results = qlora_runs(LlamaConfig(**LLAMA2_SMALL), tmp_path, steps=2, batch_size=2)
     assert results["parameters"] > 4_000_000 and list(results)[1:] == ["bits_4", "bits_8", "bits_16"]
     for bits in (4, 8, 16):
         result = results[f"bits_{bits}"]

@@ -1,4 +1,4 @@
-"""Meta's Llama-2 tokenizer, offline (tests/fixtures/llama2-tokenizer): SentencePiece's own ids for
+"""Meta's Llama-2 tokenizer, offline (data/tokenizers/llama-2): SentencePiece's own ids for
 llama.cpp's reference strings, and what the product makes of the tokenizer the 7B profile loads.
 
 Meta's reference ids for a conversation come from Meta's reference code (`llama/generation.py`): each
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from core.prompts import B_SYS, E_SYS, render_completion, render_prompt
-from tests.conftest import LLAMA2_TOKENIZER
+from synthetic.llama import LLAMA2_TOKENIZER
 from tests.test_prompts import CONVERSATIONS, OFFICIAL_LLAMA2_CHAT_TEMPLATE, messages
 
 CASES = json.loads((LLAMA2_TOKENIZER / "reference_cases.json").read_text(encoding="utf-8"))

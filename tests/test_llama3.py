@@ -1,5 +1,5 @@
 """Llama-3 with its own chat format, offline (`data.prompt_format: chat_template`): Meta's Llama-3 tokenizer
-(tests/fixtures/llama3-tokenizer) on a random tiny Llama-3-shaped base, through curation, QLoRA training,
+(data/tokenizers/llama-3) on a random tiny Llama-3-shaped base, through curation, QLoRA training,
 the merge and infer, as a user runs them with model.name_or_path=<folder>.
 
 The traps checked: the template writes `<|begin_of_text|>` and the tokenizer adds one too (a double BOS);
@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from core.prompts import curated_row
-from tests.conftest import LLAMA3_TOKENIZER, base_stage, curated_rows, sft_examples
+from synthetic.llama import LLAMA3_TOKENIZER, write_random_llama
+from tests.conftest import base_stage, curated_rows, sft_examples
 
 pytestmark = pytest.mark.e2e
 
@@ -35,15 +36,13 @@ def llama3_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random tiny LlamaForCausalLM shaped like Llama-3-8B-Instruct, in bfloat16 as Meta publishes it, with
     Meta's tokenizer files (EOS `<|eot_id|>`, no pad, no unk): a user's local base folder."""
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaConfig
 
     folder = tmp_path_factory.mktemp("llama3-base") / "tiny-llama-3"
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**LLAMA3_SMALL))
-    model.generation_config = GenerationConfig(bos_token_id=BOS, eos_token_id=[END_OF_TEXT, EOT])
-    model.to(torch.bfloat16).save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(LLAMA3_TOKENIZER / name, folder)
+    generation = GenerationConfig(bos_token_id=BOS, eos_token_id=[END_OF_TEXT, EOT])
+    write_random_llama(
+        folder, LlamaConfig(**LLAMA3_SMALL), torch.bfloat16, tokenizer=LLAMA3_TOKENIZER, generation=generation
+    )
     return folder
 
 

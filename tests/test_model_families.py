@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from core.errors import UserError
-from tests.conftest import LLAMA2_TOKENIZER, base_stage, fresh_run, smoke_config
+from synthetic.llama import LLAMA2_TOKENIZER
+from tests.conftest import base_stage, fresh_run, smoke_config
 
 # A GPT-NeoX shrunk to a model the tests train in seconds: every quantized layer's output size a multiple
 # of 32 (bitsandbytes' CPU 4-bit kernel), the Llama-2 tokenizer's vocabulary and special ids.

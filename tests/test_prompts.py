@@ -1,7 +1,7 @@
 """The Llama-2 format, and what the real tokenizers and TRL pipeline make of it: BOS, EOS, loss mask.
 
 Tokenizer tests run on the embedded base's tokenizer and on Meta's Llama-2 tokenizer
-(tests/fixtures/llama2-tokenizer, loaded as the 7B profile loads it)."""
+(data/tokenizers/llama-2, loaded as the 7B profile loads it)."""
 
 import pytest
 

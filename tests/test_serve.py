@@ -22,7 +22,8 @@ import pytest
 
 from core.config import InferenceConfig
 from core.prompts import messages as messages_of
-from tests.conftest import LLAMA2_TOKENIZER, SMOKE, Server, run_stage
+from synthetic.llama import LLAMA2_TOKENIZER
+from tests.conftest import SMOKE, Server, run_stage
 
 pytestmark = pytest.mark.e2e
 openai = pytest.importorskip("openai")

@@ -1,11 +1,14 @@
 """The synthetic Kaggle-shaped dump the benchmarks curate, and the notebook-style baseline they compare."""
 
 import csv
+import os
+import subprocess
+import sys
 
-from benchmarks.curate import baseline
-from benchmarks.synth_stackoverflow import ANSWER_HEADER, QUESTION_HEADER, write_dump
 from core.config import StackOverflowSource
 from data_prep.stackoverflow import ReadStats, read_pairs
+from synthetic.stackoverflow import ANSWER_HEADER, QUESTION_HEADER, write_dump
+from tests.conftest import REPO
 
 
 def read(path):
@@ -35,4 +38,13 @@ def test_our_reader_and_the_baseline_pair_the_same_questions(tmp_path):
         read_pairs(StackOverflowSource(questions=paths["Questions"], answers=paths["Answers"]), stats)
     )
     assert stats.orphan_answers > 0 and stats.unanswered_questions > 0 and stats.low_score_questions > 0
-    assert baseline(tmp_path / "dump", tmp_path / "baseline", validation_size=20) == len(pairs)
+    # The baseline as the benchmark runs it, in a process of its own; from tmp_path, where it writes its
+    # dataset (runs/bench/curate-baseline), with this repository's modules on the path.
+    command = [sys.executable, "-m", "benchmarks.curate", f"--baseline={tmp_path / 'dump'}"]
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [*command, "--validation-size=20"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": path},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"baseline: {len(pairs)} pairs" in result.stdout

@@ -8,8 +8,8 @@ ASCII; scores are signed with a long tail and ties; a few questions are exact du
 answer, and a few answers have no question. The default is the real dump's size (607,282 questions,
 987,122 answers, about 1.9 M tag rows, about 2 GB).
 
-    python -m benchmarks.synth_stackoverflow --out runs/bench/so-full
-    python -m benchmarks.synth_stackoverflow --out runs/bench/so-100k --questions 100000 --answers 162500
+    python -m synthetic.stackoverflow --out runs/bench/so-full
+    python -m synthetic.stackoverflow --out runs/bench/so-100k --questions 100000 --answers 162500
 """
 
 from __future__ import annotations
