@@ -11,6 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,10 +36,39 @@ def built(value: str) -> object:
     return pytest.param(value, marks=pytest.mark.e2e, id=value)
 
 
+# `make test` runs the suite in one pytest-xdist worker per core (`--dist loadgroup`). A file's e2e tests stay
+# in one worker, so that its module fixtures (a trained run) are built once; every file that uses `pipeline`,
+# whose run folder tests read and write in place, shares one worker with it. Rules and pure functions go to
+# whichever worker is free.
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if BUILT_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if BUILT_FIXTURES & fixtures:
             item.add_marker(pytest.mark.e2e)
+        if "pipeline" in fixtures:
+            item.add_marker(pytest.mark.xdist_group("pipeline"))
+        elif item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder that `build` fills, which no test changes: built once per `make test`. Under pytest-xdist the
+    first worker to ask builds it in the run's shared temporary folder and the others wait for it."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    from filelock import FileLock
+
+    folder = tmp_path_factory.getbasetemp().parent / name
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
 
 
 def smoke_config(tmp: Path, *overrides: str) -> Config:
@@ -55,8 +85,7 @@ def smoke_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     fresh process's build by a few ulps in one weight, and test_e2e compares the two byte for byte."""
     from core.model import embedded_base_dir
 
-    root = tmp_path_factory.mktemp("smoke")
-    run_stage("fine_tune.base", root)
+    root = built_once(tmp_path_factory, "smoke", lambda folder: run_stage("fine_tune.base", folder))
     return embedded_base_dir(smoke_config(root).model.embedded)
 
 
