@@ -151,10 +151,10 @@ serve: install $(VENV)/.export-installed ## OpenAI-compatible API for MODEL [BES
 all: install base data train merge compare push-if-configured ## every stage, end to end
 
 test: install $(VENV)/.export-installed ## the whole test suite (unit, ML-correctness and end-to-end on the smoke profile)
-	$(PY) -m pytest -n auto --dist loadgroup --durations=25
+	$(PY) -m pytest -n auto --durations=25
 
 test-fast: install ## the fast tier: every rule and pure function, no training and no stage run (seconds)
-	$(PY) -m pytest -m "not e2e"
+	$(PY) -m pytest -n auto -m "not e2e"
 
 # BENCH is a list of names: split on spaces, never globbed.
 bench: install ## benchmarks against baselines done the notebook recipe's way (BENCH=name for one): runs/bench/results.json
