@@ -84,3 +84,43 @@ def control_id(backend: Tokenizer, token: str) -> int:
     if token_id is None:
         raise ValueError(f"the format wrote {token!r}, which is not a token of this tokenizer")
     return token_id
+
+
+WORD_MARK = "\u2581"  # SentencePiece's ▁: a space, once normalized
+
+
+def splits_between_words(backend: Tokenizer) -> bool:
+    """Whether the ids of a text cut where a space follows another character are the ids of its two parts
+    side by side, so that the count of a text's start is at most the count of the whole: true of a
+    SentencePiece-style BPE (spaces become ▁, the text one piece before the model, as Meta's Llama-2 and the
+    embedded base's tokenizers) none of whose vocabulary or added tokens holds a ▁ after another character,
+    for then no merge joins the two sides of such a cut."""
+    import json
+
+    spec = json.loads(backend.to_str())
+    model, pre_tokenizer = spec["model"], spec.get("pre_tokenizer")
+    if model.get("type") != "BPE" or model.get("dropout"):
+        return False
+    one_piece = pre_tokenizer is None or (
+        pre_tokenizer.get("type") == "Metaspace" and pre_tokenizer.get("split") is False
+    )
+    spaces_become_marks = WORD_MARK in json.dumps(spec.get("normalizer"), ensure_ascii=False) or (
+        pre_tokenizer is not None
+    )
+    pieces = [*model["vocab"], *(token["content"] for token in spec.get("added_tokens", []))]
+    joins_words = any(WORD_MARK in piece.lstrip(WORD_MARK) or " " in piece for piece in pieces)
+    return one_piece and spaces_become_marks and not joins_words
+
+
+def start_of(item: Rendered, characters: int) -> Rendered:
+    """The item's text up to its last cut within `characters` where a space follows another character (and no
+    control token is cut), or the whole item when it is that short or has no such cut."""
+    text = item.text
+    if len(text) <= characters:
+        return item
+    cut = characters
+    while (cut := text.rfind(" ", 0, cut)) > 0:
+        inside_control = any(start < cut < end for start, end in item.controls)
+        if text[cut - 1] not in (" ", WORD_MARK) and not inside_control:
+            return item.sliced(0, cut)
+    return item

@@ -156,8 +156,12 @@ def _prepare(batch: list[Example]) -> PreparedBatch:
     return prepare_batch(batch, _settings, _count_tokens)
 
 
-def _count(texts: list[str]) -> list[int]:
+def _count(texts: list[Rendered]) -> list[int]:
     return _count_tokens(texts)
+
+
+def _count_up_to(limit: int, texts: list[Rendered]) -> list[int]:
+    return _count_tokens.up_to(texts, limit)
 
 
 @contextmanager
@@ -258,10 +262,14 @@ class RowsFile:
         ]
 
 
-def count_tokens_of(rows: RowsFile, indices: list[int], imap: Callable) -> list[int]:
+def count_tokens_of(
+    rows: RowsFile, indices: list[int], imap: Callable, limit: int | None = None
+) -> list[int]:
+    """The rows' token counts, by the workers; with `limit`, exact up to it (TokenCounter.up_to)."""
     texts = rows.texts(indices)
     chunks = [texts[start : start + BATCH_SIZE] for start in range(0, len(texts), BATCH_SIZE)]
-    return [count for counts in imap(_count, chunks) for count in counts]
+    count = _count if limit is None else partial(_count_up_to, limit)
+    return [number for counts in imap(count, chunks) for number in counts]
 
 
 def choose_rows(
@@ -286,7 +294,8 @@ def choose_rows(
             kept = []
             for start in range(0, len(order), COUNT_CHUNK):
                 chunk = order[start : start + COUNT_CHUNK]
-                for index, count in zip(chunk, count_tokens_of(rows, chunk, imap), strict=True):
+                counts = count_tokens_of(rows, chunk, imap, config.train.max_length)
+                for index, count in zip(chunk, counts, strict=True):
                     if len(kept) == limit:
                         break
                     stats.length_checked += 1

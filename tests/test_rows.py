@@ -19,6 +19,8 @@ from data_prep.rows import (
     user_and_answer,
 )
 from data_prep.rules import EMPTY, NO_CODE_BLOCK
+from synthetic import REPO
+from synthetic.llama import LLAMA2_TOKENIZER, LLAMA3_TOKENIZER
 from tests.conftest import built, smoke_config
 
 SETTINGS = RowSettings(system_prompt="Be exact.", require_code_block=False, chat=Llama2Format())
@@ -126,3 +128,72 @@ def test_curation_counts_the_tokens_of_the_tokenizer_training_loads(request, bas
         and plain[2] < counter([Rendered(texts[2])])[0]
     )
     assert pickle.dumps(counter) == pickle.dumps(TokenCounter(tokenizer.backend_tokenizer))
+
+
+def long_rows() -> list[Rendered]:
+    """Rows of every length around the limits below: the Stack Overflow sample's posts run together, cut at
+    varied places, with indentation, blank lines, runs of spaces, non-ASCII text and Llama-2's controls."""
+    import csv
+    import random
+
+    with open(REPO / "data/samples/stackoverflow/Answers.csv", encoding="utf-8", newline="") as file:
+        bodies = [row["Body"] for row in csv.DictReader(file)]
+    text = "\n\n".join(bodies) + " ünïcode  🙂   x\n    indented\tcode  "
+    rng = random.Random(0)
+    rows = []
+    for _ in range(120):
+        start = rng.randrange(len(text) // 2)
+        middle = text[start : start + rng.choice([5, 50, 400, 1500, 4000, 12000])]
+        chat = Llama2Format()
+        rows.append(chat.rendered_prompt(f"Q {rng.random()}", "Be exact.") + chat.rendered_completion(middle))
+    return rows
+
+
+@pytest.mark.parametrize("limit", [48, 256, 1024, 3000])
+def test_counting_a_long_rows_start_first_tells_the_same_rows_over_the_limit(llama2_tokenizer, limit):
+    """TokenCounter.up_to on Meta's Llama-2 tokenizer: a row within the limit gets its exact count, a row over
+    it a count over it too and never more than its own; a tokenizer whose merges may join two words (Llama-3's
+    regex-split byte-level BPE) is counted whole."""
+    from tokenizers import Tokenizer
+
+    rows = long_rows()
+    counter = TokenCounter(llama2_tokenizer.backend_tokenizer)
+    exact = counter(rows)
+    assert sum(count > limit for count in exact) and sum(count <= limit for count in exact)
+    for first in (True, False):  # the first call guesses the characters per token; the second has measured
+        bounds = [
+            count
+            for start in range(0, len(rows), 32)
+            for count in counter.up_to(rows[start : start + 32], limit)
+        ]
+        for count, bound in zip(exact, bounds, strict=True):
+            assert bound == count if count <= limit else limit < bound <= count, first
+    llama3 = TokenCounter(Tokenizer.from_file(str(LLAMA3_TOKENIZER / "tokenizer.json")))
+    assert llama3.up_to(rows, limit) == llama3(rows)
+
+
+def test_which_tokenizers_never_merge_across_words(llama2_tokenizer):
+    import json
+
+    from tokenizers import Tokenizer
+
+    from core.tokens import splits_between_words
+
+    raw = Tokenizer.from_file(str(LLAMA2_TOKENIZER / "tokenizer.json"))
+    assert splits_between_words(raw) and splits_between_words(llama2_tokenizer.backend_tokenizer)
+    assert not splits_between_words(Tokenizer.from_file(str(LLAMA3_TOKENIZER / "tokenizer.json")))
+    spec = json.loads(raw.to_str())
+    spec["model"]["vocab"]["a\u2581b"] = len(spec["model"]["vocab"])  # a piece across two words
+    assert not splits_between_words(Tokenizer.from_str(json.dumps(spec)))
+
+
+def test_a_rows_start_ends_where_a_word_ends_and_never_inside_a_control():
+    from core.tokens import start_of
+
+    assert start_of(Rendered("short text"), 50) == Rendered("short text")
+    assert start_of(Rendered("one two  three four"), 12) == Rendered("one two")  # the cut after `two`
+    assert start_of(Rendered("one two  three four"), 16) == Rendered("one two  three")
+    assert start_of(Rendered("nospacesatallhere"), 5) == Rendered("nospacesatallhere")
+    controlled = Rendered("ab [INST] cd ef", ((3, 9),))  # a control spelled with a space inside, say
+    assert start_of(Rendered("ab [IN ST] cd ef", ((3, 10),)), 8) == Rendered("ab")
+    assert start_of(controlled, 12) == Rendered("ab [INST]", ((3, 9),))
