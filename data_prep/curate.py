@@ -20,6 +20,7 @@ import importlib
 import os
 import random
 import threading
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -179,12 +180,14 @@ def workers(settings: RowSettings, count_tokens: TokenCounter, num_proc: int) ->
 
 def filter_rows(
     config: Config, imap: Callable, rows_file: Path, stats: CurationStats
-) -> tuple[list[str], bytearray]:
+) -> tuple[list[str], bytearray, array | None]:
     """Step 1: every example through the one-row rules and the duplicate rule into `rows_file`. Returns
-    the source of each row written, and whether its text spells a special token."""
+    the source of each row written, whether its text spells a special token, and its tokens when the
+    workers counted them (RowSettings.count_rows)."""
     seen: set[bytes] = set()
     sources: list[str] = []
     spelled = bytearray()
+    counted: array | None = None
     batches = imap(_prepare, batched(source_examples(config, stats), BATCH_SIZE))
     # `datasets` takes a second to import and is needed after this step: it loads now, while this
     # process mostly waits for the workers.
@@ -211,9 +214,12 @@ def filter_rows(
             kept = batch.rows.filter(pa.array(keep, pa.bool_()))
             flags = zip(batch.spells_special, keep, strict=True)
             spelled += bytes(flag for flag, kept_row in flags if kept_row)
+            if batch.tokens is not None:
+                counted = array("l") if counted is None else counted
+                counted.extend(count for count, kept_row in zip(batch.tokens, keep, strict=True) if kept_row)
             sources += kept.column("source").to_pylist()
             pending.append(kept)
-    return sources, spelled
+    return sources, spelled, counted
 
 
 class RowsFile:
@@ -272,14 +278,25 @@ def count_tokens_of(
     return [number for counts in imap(count, chunks) for number in counts]
 
 
+def source_limits(config: Config) -> dict[str, int | None]:
+    """Each source's `limit` (None: all of it), by its name in the statistics."""
+    sources = {"stackoverflow": config.data.stackoverflow, "alpaca": config.data.alpaca}
+    sources |= {str(source.path): source for source in [*config.data.conversations, *config.data.text]}
+    return {name: source.limit for name, source in sources.items() if source is not None}
+
+
 def choose_rows(
-    config: Config, sources: list[str], rows: RowsFile, imap: Callable, stats: CurationStats
+    config: Config,
+    sources: list[str],
+    rows: RowsFile,
+    imap: Callable,
+    stats: CurationStats,
+    counted: array | None = None,
 ) -> tuple[list[int], list[int]]:
     """Step 2: each source's kept rows, in its seeded order, and the token counts the length rule measured
-    for the rows it kept."""
+    for the rows it kept: counted by the workers now, or in step 1 (`counted`)."""
     rng = random.Random(config.run.seed)
-    limits = {"stackoverflow": config.data.stackoverflow, "alpaca": config.data.alpaca}
-    limits |= {str(source.path): source for source in [*config.data.conversations, *config.data.text]}
+    limits = source_limits(config)
     packed = {str(source.path) for source in config.data.text}  # longer documents are split, not dropped
     chosen: list[int] = []
     lengths: list[int] = []
@@ -287,14 +304,17 @@ def choose_rows(
     for source in stats.examples:
         order = [index for index, name in enumerate(sources) if name == source]
         rng.shuffle(order)
-        limit = limits[source].limit or len(order)
+        limit = limits[source] or len(order)
         if TOO_LONG not in stats.rules or source in packed:
             kept = order[:limit]
         else:
             kept = []
             for start in range(0, len(order), COUNT_CHUNK):
                 chunk = order[start : start + COUNT_CHUNK]
-                counts = count_tokens_of(rows, chunk, imap, config.train.max_length)
+                if counted is None:
+                    counts = count_tokens_of(rows, chunk, imap, config.train.max_length)
+                else:
+                    counts = [counted[index] for index in chunk]
                 for index, count in zip(chunk, counts, strict=True):
                     if len(kept) == limit:
                         break
@@ -390,13 +410,15 @@ def curate(config: Config, count_tokens: TokenCounter, chat: ChatFormat, folder:
         chat,
         config.train.max_length,
         drop_too_long=config.data.too_long == "drop",
+        # With the length rule and no source limit every row is counted: by the workers, as they render it
+        count_rows=config.data.too_long == "drop" and not any(source_limits(config).values()),
     )
     num_proc = config.data.num_proc or len(os.sched_getaffinity(0))
     rows_file = folder / "rows.arrow"
     with workers(settings, count_tokens, num_proc) as imap:
-        sources, spelled = filter_rows(config, imap, rows_file, stats)
+        sources, spelled, counted = filter_rows(config, imap, rows_file, stats)
         rows = RowsFile(rows_file)
-        chosen, lengths = choose_rows(config, sources, rows, imap, stats)
+        chosen, lengths = choose_rows(config, sources, rows, imap, stats, counted)
         check_nothing_emptied(stats)
         shuffled = shuffle_and_split(config, chosen, stats)
     # The workers are gone before the dataset is written (their memory with it). When nothing needed the

@@ -84,6 +84,7 @@ class RowSettings:
     chat: ChatFormat
     max_length: int = 512
     drop_too_long: bool = True  # data.too_long: drop (else a conversation keeps its first turn, truncated)
+    count_rows: bool = False  # count each row's tokens up to max_length as it is rendered (TokenCounter)
 
 
 @dataclass
@@ -96,6 +97,7 @@ class PreparedBatch:
     question_keys: list[bytes]
     turns_cut: int = 0  # later turns of conversations left out to fit train.max_length
     spells_special: list[bool] | None = None  # per row (given a TokenCounter): spells_special_token
+    tokens: list[int] | None = None  # per row, with RowSettings.count_rows: tokens, exact up to max_length
 
 
 def has_code_block(markdown: str) -> bool:
@@ -279,9 +281,10 @@ def prepare_batch(
     examples: list[Example], settings: RowSettings, count_tokens: TokenCounter | None = None
 ) -> PreparedBatch:
     """Examples converted and rendered, with what the rules need to know of each: a conversation is cut
-    after its last turn that fits train.max_length (never inside an answer)."""
+    after its last turn that fits train.max_length (never inside an answer). With a TokenCounter, whether
+    each row spells a special token, and with `settings.count_rows` its tokens."""
     columns: dict[str, list] = {name: [] for name in ROW_SCHEMA.names}
-    failed_rules, question_keys, turns_cut, spelled = [], [], 0, []
+    failed_rules, question_keys, turns_cut, texts = [], [], 0, []
     for example in examples:
         user, answer = user_and_answer(example)
         rule = failed_rule(user, answer, settings, example.plain_text)
@@ -290,12 +293,14 @@ def prepare_batch(
             rule = rule or TOO_LONG
             row = row_columns(example, TrainingRow(Rendered(""), Rendered("")))
         turns_cut += cut
-        if count_tokens is not None:
-            spelled.append(count_tokens.spells_special_token(training_text(row)))
+        texts.append(training_text(row))
         for name, value in row.items():
             columns[name].append(value)
         failed_rules.append(rule)
         question_keys.append(example_key(example, user))
     batch = pa.RecordBatch.from_pydict(columns, schema=ROW_SCHEMA)
-    spells_special = spelled if count_tokens is not None else None
-    return PreparedBatch(batch, failed_rules, question_keys, turns_cut, spells_special)
+    if count_tokens is None:
+        return PreparedBatch(batch, failed_rules, question_keys, turns_cut)
+    spelled = [count_tokens.spells_special_token(text) for text in texts]
+    tokens = count_tokens.up_to(texts, settings.max_length) if settings.count_rows else None
+    return PreparedBatch(batch, failed_rules, question_keys, turns_cut, spelled, tokens)

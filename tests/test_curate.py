@@ -196,6 +196,25 @@ def test_with_a_limit_only_the_rows_needed_to_fill_it_are_measured(tmp_path, smo
     assert (again[0], again[1], again[2]) == (train, validation, stats)
 
 
+def test_the_rows_the_workers_count_as_they_render_are_the_rows_counted_after(tmp_path, smoke_tokenizer):
+    """Without a source limit the workers count every row as they render it (up to the limit: a long row's
+    start first); with one, rows are counted afterwards, only as many as the limit needs. A limit larger
+    than the sources keeps the same rows, with the same statistics."""
+    qs, ans = questions_and_answers(30)
+    for index in range(30):
+        ans[index][-1] = (
+            "<p>" + "word " * (index * 4) + "</p><pre><code>x = 1\n</code></pre>"
+        )  # 20 to 260 tokens
+    every_row = make_config(tmp_path, qs, ans, records(5), "train.max_length=128")
+    ample = make_config(
+        tmp_path, qs, ans, records(5), "train.max_length=128", "data.stackoverflow.limit=1000"
+    )
+    counted_while_rendering = run_curation(every_row, smoke_tokenizer, tmp_path)
+    counted_after = run_curation(ample, smoke_tokenizer, tmp_path)
+    assert 0 < counted_while_rendering[2].dropped[TOO_LONG] < 30
+    assert counted_while_rendering[:3] == counted_after[:3]
+
+
 def test_validation_size_is_clamped_with_a_warning(tmp_path, smoke_tokenizer):
     qs, ans = questions_and_answers(2)
     config = make_config(tmp_path, qs, ans, records(8), "data.validation_size=50")
