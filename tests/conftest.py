@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from xdist.scheduler import LoadScopeScheduling
 
 from core.config import Config, load_config
 from synthetic import REPO
@@ -53,18 +54,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             raise pytest.UsageError(f"{item.nodeid} uses pipeline: add {item.path.name} to PIPELINE_FILES")
 
 
-def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """`make test`'s workers (`-n auto`) take whole files, so that a file's module fixtures (a trained run, a
-    served model) are built once, and the PIPELINE_FILES together. xdist's own `--dist loadgroup` cannot
-    group with pytest 9, whose node ids it can no longer rename."""
-    from xdist.scheduler import LoadScopeScheduling
+class FilesPerWorker(LoadScopeScheduling):
+    """`make test`'s schedule (`-n auto`): each worker takes whole files, so that a file's module fixtures (a
+    trained run, a served model) are built once, and the PIPELINE_FILES together. xdist's `--dist loadgroup`
+    cannot group under pytest 9: it renames node ids through `item._nodeid`, which pytest 9 no longer reads.
+    Written against pytest-xdist 3.8.0, whose LoadScopeScheduling asks `_split_scope` for each test's unit of
+    work, as its LoadFileScheduling does (tests/test_patches.py checks it)."""
 
-    class ByFile(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:  # xdist's hook for a scope: LoadFileScheduling's way
-            path = nodeid.split("::", 1)[0]
-            return "pipeline" if Path(path).name in PIPELINE_FILES else path
+    def _split_scope(self, nodeid: str) -> str:
+        path = nodeid.split("::", 1)[0]
+        return "pipeline" if Path(path).name in PIPELINE_FILES else path
 
-    return ByFile(config, log)
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log) -> FilesPerWorker:
+    return FilesPerWorker(config, log)
 
 
 def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:

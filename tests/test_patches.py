@@ -1,4 +1,5 @@
-"""core/patches.py: each reach into a library's internals still finds what it relies on, and does its job.
+"""core/patches.py: each reach into a library's internals still finds what it relies on, and does its job;
+and the one the tests make (tests/conftest.py's schedule of pytest-xdist's workers).
 
 Code paths that exist on one CPU kind only run where the CPU has them and say why they were skipped
 elsewhere; the rules that decide them are checked on every machine."""
@@ -157,3 +158,20 @@ def test_datasets_still_says_when_a_step_is_computed_and_when_it_is_read_from_th
             rows.map(lambda row: {"y": row["x"] * 2}, new_fingerprint="doubled")
         counts.append((steps.computed, steps.read))
     assert counts == [(1, 0), (0, 1)]
+
+
+def test_the_tests_schedule_still_hooks_into_xdists_scheduler():
+    """tests/conftest.py's FilesPerWorker overrides LoadScopeScheduling._split_scope (pytest-xdist 3.8.0):
+    the scheduler still asks it for every test's unit of work, and it gives each file, and the files that use
+    `pipeline` one unit. Should pytest read a renamed node id again, xdist's loadgroup could replace it."""
+    import inspect
+
+    from xdist.scheduler import LoadScopeScheduling
+
+    from tests.conftest import PIPELINE_FILES, FilesPerWorker
+
+    assert inspect.getsource(LoadScopeScheduling).count("self._split_scope(nodeid)") >= 2
+    assert list(inspect.signature(LoadScopeScheduling._split_scope).parameters) == ["self", "nodeid"]
+    scope = FilesPerWorker._split_scope
+    assert scope(None, "tests/test_rows.py::test_x[a::b]") == "tests/test_rows.py"
+    assert {scope(None, f"tests/{name}::test_y") for name in PIPELINE_FILES} == {"pipeline"}
