@@ -9,6 +9,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import signal
+
+# The Ctrl-C tests send SIGINT to the stages they start. A shell that starts `make test` in the background
+# without job control makes every child ignore it; a handler of this process's own is reset to the default
+# in each child it starts (an ignored signal stays ignored), so the stages get Ctrl-C as in a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 import shutil
 import subprocess
 from collections.abc import Callable
