@@ -1,6 +1,6 @@
 """Random Llama models shaped like Meta's, without a download: Llama-2-7B's configuration, the small shape
-the tests train in seconds, Meta's tokenizers (rebuilt offline in data/tokenizers), and the one function
-that writes such a model as a user's local base folder."""
+the tests train in seconds, Meta's Llama-2 tokenizer (rebuilt offline in data/tokenizers), and the one
+function that writes such a model as a user's local base folder."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from transformers import GenerationConfig, LlamaConfig
 
 LLAMA2_TOKENIZER = REPO / "data" / "tokenizers" / "llama-2"  # Meta's, rebuilt offline: see README.md there
-LLAMA3_TOKENIZER = REPO / "data" / "tokenizers" / "llama-3"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 LLAMA2_7B = {
     "vocab_size": 32000,

@@ -31,6 +31,7 @@ from synthetic.llama import LLAMA2_SMALL, LLAMA2_TOKENIZER, write_random_llama
 from synthetic.stages import run_stage as run_any_stage
 
 SMOKE = REPO / "configs" / "smoke.yaml"
+LLAMA3_TOKENIZER = REPO / "tests" / "fixtures" / "llama3-tokenizer"  # Meta's, rebuilt offline: its README.md
 
 
 # Fixtures that build a model or curate a run: a test that uses one, even through another fixture, is an

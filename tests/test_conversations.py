@@ -18,8 +18,8 @@ from core.tokens import backend_of
 from data_prep.rows import Example, RowSettings, TokenCounter, prepare_batch, training_row_of
 from data_prep.rules import TOO_LONG
 from inference.chat import fitted_prompt
-from synthetic.llama import LLAMA2_TOKENIZER, LLAMA3_TOKENIZER
-from tests.conftest import REPO, built, run_stage
+from synthetic.llama import LLAMA2_TOKENIZER
+from tests.conftest import LLAMA3_TOKENIZER, REPO, built, run_stage
 
 SYSTEM = "Answer briefly."
 TURNS = [

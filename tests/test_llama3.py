@@ -1,5 +1,5 @@
 """Llama-3 with its own chat format, offline (`data.prompt_format: chat_template`): Meta's Llama-3 tokenizer
-(data/tokenizers/llama-3) on a random tiny Llama-3-shaped base, through curation, QLoRA training,
+(tests/fixtures/llama3-tokenizer) on a random tiny Llama-3-shaped base, through curation, QLoRA training,
 the merge and infer, as a user runs them with model.name_or_path=<folder>.
 
 The traps checked: the template writes `<|begin_of_text|>` and the tokenizer adds one too (a double BOS);
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from core.prompts import curated_row
-from synthetic.llama import LLAMA3_TOKENIZER, write_random_llama
-from tests.conftest import base_stage, curated_rows, sft_examples
+from synthetic.llama import write_random_llama
+from tests.conftest import LLAMA3_TOKENIZER, base_stage, curated_rows, sft_examples
 
 pytestmark = pytest.mark.e2e
 

@@ -1,4 +1,4 @@
-"""Meta's Llama-3 (8B Instruct) tokenizer, offline (data/tokenizers/llama-3): Meta's ids for
+"""Meta's Llama-3 (8B Instruct) tokenizer, offline (tests/fixtures/llama3-tokenizer): Meta's ids for
 llama.cpp's reference strings, one BOS, the special tokens, and the official chat template, loaded as users
 load it (`AutoTokenizer.from_pretrained(folder)`).
 
@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from synthetic.llama import LLAMA3_TOKENIZER
+from tests.conftest import LLAMA3_TOKENIZER
 
 CASES = json.loads((LLAMA3_TOKENIZER / "reference_cases.json").read_text(encoding="utf-8"))
 CONFIG = json.loads((LLAMA3_TOKENIZER / "tokenizer_config.json").read_text(encoding="utf-8"))

@@ -20,8 +20,8 @@ from data_prep.rows import (
 )
 from data_prep.rules import EMPTY, NO_CODE_BLOCK
 from synthetic import REPO
-from synthetic.llama import LLAMA2_TOKENIZER, LLAMA3_TOKENIZER
-from tests.conftest import built, smoke_config
+from synthetic.llama import LLAMA2_TOKENIZER
+from tests.conftest import LLAMA3_TOKENIZER, built, smoke_config
 
 SETTINGS = RowSettings(system_prompt="Be exact.", require_code_block=False, chat=Llama2Format())
 

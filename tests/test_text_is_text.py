@@ -10,8 +10,7 @@ from core.model import answer_ids, chat_format, load_tokenizer, prompt_ids
 from core.prompts import Rendered, curated_row
 from core.tokens import encode
 from data_prep.rows import Example, RowSettings, prepare_batch
-from synthetic.llama import LLAMA3_TOKENIZER
-from tests.conftest import built, smoke_config
+from tests.conftest import LLAMA3_TOKENIZER, built, smoke_config
 
 
 @pytest.fixture(scope="module", params=[built("embedded"), "llama2", "llama3"])
