@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from synthetic import REPO
@@ -34,13 +34,14 @@ def run_stage(
     env: dict[str, str] | None = None,
     stdin: str | None = None,
     timeout: float | None = None,
+    launch: Callable[..., subprocess.CompletedProcess] = subprocess.run,
 ) -> subprocess.CompletedProcess:
     """Run the stage (`stage_command`) from the repository's root, with `env` added to this environment and
     `stdin` as its input; its output captured as text, or shown as it comes (capture=False: a benchmark's
-    progress). StageFailed if it fails and `check`."""
+    progress). StageFailed if it fails and `check`. `launch` takes subprocess.run's arguments."""
     command = stage_command(module, config, overrides, *extra)
-    environment = {**os.environ, **env} if env else None
-    result = subprocess.run(
+    environment = {**os.environ, **(env or {})}
+    result = launch(
         command, cwd=REPO, input=stdin, capture_output=capture, text=True, timeout=timeout, env=environment
     )
     if check and result.returncode != 0:

@@ -8,6 +8,11 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist each worker's stages get their share of the cores. Two stages of two torch threads each
+# on two cores wait for each other's spinning threads: two smoke base builds at once took 19 s, against 13 s
+# with one thread each (docs/testing.md).
+if (workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // workers)))
 
 import signal
 
@@ -29,6 +34,7 @@ from core.config import Config, load_config
 from synthetic import REPO
 from synthetic.llama import LLAMA2_SMALL, LLAMA2_TOKENIZER, write_random_llama
 from synthetic.stages import run_stage as run_any_stage
+from tests.prestarted import PrestartedPython
 
 SMOKE = REPO / "configs" / "smoke.yaml"
 LLAMA3_TOKENIZER = REPO / "tests" / "fixtures" / "llama3-tokenizer"  # Meta's, rebuilt offline: its README.md
@@ -52,6 +58,26 @@ PIPELINE_FILES = {
     "test_e2e.py", "test_export.py", "test_faults.py", "test_hub.py", "test_inference_chat.py",
     "test_inference_faults.py", "test_merge.py", "test_serve.py",
 }  # fmt: skip
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fresh-stages", action="store_true",
+        help="run every stage in a fresh Python, not forked from one that has imported the libraries once",
+    )  # fmt: skip
+
+
+# run_stage's stages are forked from a Python that has imported the libraries under this environment
+# (tests/prestarted.py), unless --fresh-stages.
+STAGES = PrestartedPython(dict(os.environ))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    STAGES.enabled = not config.getoption("--fresh-stages")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    STAGES.close()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -142,7 +168,9 @@ def run_stage(
 ) -> subprocess.CompletedProcess:
     """A stage as a user runs it (`python -m ...`) on the smoke profile, with its outputs under `tmp`."""
     overrides = [f"run.output_dir={tmp / 'runs'}", f"model.embedded.cache_dir={tmp / 'base'}"]
-    return run_any_stage(module, SMOKE, overrides, *extra, check=check, env=env, stdin=stdin, timeout=600)
+    return run_any_stage(
+        module, SMOKE, overrides, *extra, check=check, env=env, stdin=stdin, timeout=600, launch=STAGES.run
+    )
 
 
 @pytest.fixture(scope="session")

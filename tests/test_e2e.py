@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, SMOKE, run_stage
+from tests.conftest import REPO, SMOKE, STAGES, run_stage
 
 pytestmark = pytest.mark.e2e
 
@@ -82,7 +82,7 @@ def test_the_adapter_names_its_base_so_that_it_loads_from_any_folder(pipeline, t
     adapter = run / "adapter"
     base = Path(json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"])
     assert base.is_absolute() and (base / "config.json").is_file()
-    elsewhere = subprocess.run(
+    elsewhere = STAGES.run(
         [sys.executable, "-m", "inference", "--config", str(SMOKE), "--model", str(adapter), "--prompt", "?"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, SMOKE, run_stage
+from tests.conftest import REPO, SMOKE, STAGES, run_stage
 from tests.test_e2e import assert_one_error
 
 # Mount a tmpfs of $1 KiB at $2, copy $3 into it, make it read-only if $4 is "ro", run the rest; then list
@@ -110,7 +110,7 @@ def test_an_output_folder_under_a_file_is_one_line(pipeline, tmp_path):
     command = [sys.executable, "-m", "data_prep", "--config", str(SMOKE)]
     command += ["--set", f"run.output_dir={outputs}"]
     command += ["--set", base]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = STAGES.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert_one_error(result, f"a part of the path is a file, not a folder ({outputs}")
     assert blocker.read_text() == "not a folder"
 

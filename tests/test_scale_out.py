@@ -21,7 +21,7 @@ import torch
 
 from fine_tune.resume import PROCESSES_FILE, saved_world_size
 from fine_tune.scale import ResumePlan, plan_resume, tokenization_source
-from tests.conftest import REPO, SMOKE, fresh_run, smoke_config
+from tests.conftest import REPO, SMOKE, STAGES, fresh_run, smoke_config
 
 # Six steps of the smoke profile, a checkpoint after three, every step's loss logged.
 SIX_STEPS = ["--set", "train.max_steps=6", "--set", "train.save_steps=3", "--set", "train.eval_steps=3",
@@ -39,7 +39,7 @@ def train_command(run: Path, processes: int, *extra: str, launcher: tuple[str, .
 
 
 def train(run: Path, processes: int, *extra: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
+    result = STAGES.run(
         train_command(run, processes, *extra), cwd=REPO, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -349,7 +349,7 @@ def test_fsdp_is_refused_in_one_line_on_a_machine_without_gpus(tmp_path):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(REPO / "configs" / "accelerate" / "fsdp_qlora.yaml"), "--num_processes=2",
                *train_command(tmp_path, 1)[1:]]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = STAGES.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     errors = {line for line in result.stderr.splitlines() if line.startswith("error:")}
     assert errors == {

@@ -17,7 +17,7 @@ import torch
 from core.prompts import render_completion, render_prompt
 from core.runs import RunPaths
 from fine_tune.resume import saved_checkpoints
-from tests.conftest import REPO, SMOKE, built, fresh_run, run_stage, smoke_config
+from tests.conftest import REPO, SMOKE, STAGES, built, fresh_run, run_stage, smoke_config
 from tests.test_patches import needs_avx512_bf16
 from tests.test_prompts import EXAMPLES, SYSTEM
 
@@ -240,7 +240,7 @@ def test_two_processes_train_with_ddp(curated):
                "--set", f"run.output_dir={run / 'runs'}", "--set", f"model.embedded.cache_dir={run / 'base'}",
                "--set", "train.max_steps=4", "--set", "train.eval_steps=2",
                "--set", "train.save_steps=2"]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = STAGES.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((run / "runs" / "smoke" / "reports" / "train_report.json").read_text())
     assert report["world_size"] == 2
@@ -250,7 +250,7 @@ def test_two_processes_train_with_ddp(curated):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="runs for real on a GPU")
 def test_gpu_memory_script_skips_cleanly_without_a_gpu():
-    result = subprocess.run(
+    result = STAGES.run(
         [sys.executable, "-m", "benchmarks.gpu_memory"], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-2000:]
