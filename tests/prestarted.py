@@ -28,8 +28,10 @@ from pathlib import Path
 
 # What the heavy stages import; importing them here is what a forked stage saves.
 PRELOADED = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate")
-# Variables that change while the tests run and that nothing reads at import.
-IGNORED_VARIABLES = {"PYTEST_CURRENT_TEST"}
+# Variables that change in the tests' own process and that nothing reads at import: pytest's current test, and
+# the cache folder torch's inductor sets to its default when a test first compiles (the folder a fresh
+# process would take).
+IGNORED_VARIABLES = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR"}
 
 SERVER = r"""
 import atexit, importlib, json, os, random, runpy, socket, sys, threading
