@@ -4,13 +4,14 @@ libraries once forks a process for each stage a test runs, which runs the stage'
 Every heavy stage spends about 4 of its first 5 CPU-seconds importing torch, transformers, peft, trl and
 bitsandbytes (which compiles its CPU kernels' wrappers at import); the suite runs a hundred of them. The fork
 is a process of its own, with the command line, working folder, environment, standard streams and exit status
-the stage would have had, so a test sees what `python -m` gives. It is used only where it cannot differ:
+the stage would have had, so a test sees what `python -m` gives:
 
 - libraries read some environment variables when they are imported (huggingface_hub its endpoint and offline
   switch), so a stage whose environment differs from the one the libraries were imported under, in any
   variable, runs in a fresh Python;
-- the imports must start no thread (a fork keeps only the thread that forks), which the server checks;
-- Python's and numpy's global random state are drawn afresh in each fork, as a fresh process draws them.
+- a fork keeps only the thread that forks: the server checks that the imports started no Python thread;
+- Python's and numpy's global random state are drawn afresh in each fork, as a fresh process draws them;
+- one difference is left: every fork has the server's hash seed, where each fresh process draws its own.
 
 Tests that send signals, `make` targets and CI's `make all` start fresh processes; `pytest --fresh-stages`
 runs every stage so.
@@ -34,7 +35,7 @@ PRELOADED = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets",
 IGNORED_VARIABLES = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR"}
 
 SERVER = r"""
-import atexit, importlib, json, os, random, runpy, socket, sys, threading
+import importlib, json, os, random, runpy, socket, sys, threading
 
 channel = socket.socket(fileno=int(sys.argv[1]))
 for name in sys.argv[2:]:
@@ -44,40 +45,25 @@ if threading.active_count() != 1:
 
 
 def run(request):
-    # In the fork: become the process `python -m <module> <args>` would be, run it, exit as Python exits.
-    code = 1
-    try:
-        os.close(channel.detach())
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        for fd, path, flags in ((0, request["stdin"], os.O_RDONLY), (1, request["stdout"], os.O_WRONLY),
-                                (2, request["stderr"], os.O_WRONLY)):
-            opened = os.open(path, flags)
-            os.dup2(opened, fd)
-            os.close(opened)
-        sys.argv = ["-m", *request["args"]]
-        sys.path[0] = request["cwd"]
-        random.seed()
-        if "numpy" in sys.modules:
-            sys.modules["numpy"].random.seed()
-        runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
-        code = 0
-    except SystemExit as exit:
-        if exit.code is None or isinstance(exit.code, int):
-            code = exit.code or 0
-        else:
-            print(exit.code, file=sys.stderr)
-    except BaseException:
-        sys.excepthook(*sys.exc_info())
-    finally:
-        try:
-            threading._shutdown()  # as Python waits for its threads at exit, then runs atexit
-            atexit._run_exitfuncs()
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
+    # In the fork: become the process `python -m <module> <args>` would be and run it. It never returns: its
+    # SystemExit, or the error it raises, leaves this script, so that Python ends the process as it ends
+    # `python -m` (the error's traceback and status 1, its threads waited for, atexit, streams flushed).
+    os.close(channel.detach())
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    for fd, path, flags in ((0, request["stdin"], os.O_RDONLY), (1, request["stdout"], os.O_WRONLY),
+                            (2, request["stderr"], os.O_WRONLY)):
+        opened = os.open(path, flags)
+        os.dup2(opened, fd)
+        os.close(opened)
+    sys.argv = ["-m", *request["args"]]
+    sys.path[0] = request["cwd"]
+    random.seed()
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
+    runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+    sys.exit(0)
 
 
 def reply(message):
