@@ -247,6 +247,17 @@ def global_batch(args: Any) -> int:
     return args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps
 
 
+def end_process_group() -> None:
+    """Leave the processes' group (torch.distributed's public teardown) before this process exits. A process
+    left to tear it down at interpreter exit can abort there (SIGABRT, "terminate called without an active
+    exception": seen once in tests/test_scale_out.py's two-machine run on a CPU), so that torchrun reports a
+    run that trained to its end as failed."""
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def require_fsdp_device() -> None:
     """FSDP (configs/accelerate/fsdp_qlora.yaml) shards on GPUs only: accelerate 1.15 makes a run FSDP only
     on CUDA-like devices, and on CPUs would train with plain DDP (or, with fsdp_sync_module_states, stop in

@@ -70,6 +70,7 @@ from fine_tune.resume import (
 )
 from fine_tune.scale import (
     describe_resume,
+    end_process_group,
     examples_seen,
     global_batch,
     report_preparation,
@@ -375,7 +376,10 @@ def main(config: Config, args: argparse.Namespace) -> None:
     require_fsdp_device()
     check_before_work(config)
     with run_folder_lock(paths, "make train"):
-        train(config, paths)
+        try:
+            train(config, paths)
+        finally:
+            end_process_group()
 
 
 def train(config: Config, paths: RunPaths) -> None:
