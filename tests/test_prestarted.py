@@ -13,7 +13,9 @@ from tests.prestarted import PrestartedPython
 
 # A module that reports what `python -m probe ...` sees, then ends as its first argument says.
 PROBE = """
-import json, os, sys
+import atexit, json, os, sys, threading, time
+atexit.register(print, "atexit ran")
+threading.Thread(target=lambda: (time.sleep(0.2), print("a thread ended"))).start()
 print(json.dumps({
     "argv": sys.argv, "cwd": os.getcwd(), "path0": sys.path[0], "name": __name__,
     "variable": os.environ.get("PROBE_VARIABLE"), "stdin": sys.stdin.read(),
@@ -60,6 +62,7 @@ def test_a_forked_stage_sees_and_gives_what_a_fresh_python_does(prestarted, prob
     forked, fresh, was_forked = both(prestarted, probe, ending, "a value with spaces", "--option=-1")
     assert was_forked
     assert (forked.returncode, forked.stdout) == (fresh.returncode, fresh.stdout)
+    assert forked.stdout.endswith("a thread ended\natexit ran\n")
     assert forked.stderr.splitlines()[0] == fresh.stderr.splitlines()[0] == "to stderr"
     assert forked.stderr.splitlines()[-1] == fresh.stderr.splitlines()[-1]
 
