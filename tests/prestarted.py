@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -137,10 +138,11 @@ class PrestartedPython:
             return subprocess.run(command, cwd=cwd, input=input, **options)
         with tempfile.TemporaryDirectory(prefix="stage-") as folder:
             streams = {name: Path(folder, name) for name in ("stdin", "stdout", "stderr")}
-            for name, path in streams.items():
-                path.write_text(input or "" if name == "stdin" else "")
-            folder_of_stage = os.path.abspath(cwd or ".")
-            request = {"module": command[2], "args": command[3:], "cwd": folder_of_stage, "env": env}
+            streams["stdin"].write_text(input or "")
+            streams["stdout"].touch()
+            streams["stderr"].touch()
+            working_folder = os.path.abspath(cwd or ".")
+            request = {"module": command[2], "args": command[3:], "cwd": working_folder, "env": env}
             returncode = self._run(request | {name: str(path) for name, path in streams.items()}, timeout)
             stdout, stderr = streams["stdout"].read_text(), streams["stderr"].read_text()
         if returncode is None:
@@ -172,11 +174,11 @@ class PrestartedPython:
             self.channel.settimeout(timeout)
             return self._reply()["returncode"]
         except TimeoutError:
-            os.kill(pid, 9)
+            os.kill(pid, signal.SIGKILL)
             self.close()
             return None
         except BaseException:  # pytest-timeout's failure, Ctrl-C: the fork must not outlive the test
-            os.kill(pid, 9)
+            os.kill(pid, signal.SIGKILL)
             self.close()
             raise
 
