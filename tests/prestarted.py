@@ -50,7 +50,7 @@ if threading.active_count() != 1:
 def run(request):
     # In the fork: become the process `python -m <module> <args>` would be, run it, and end as Python ends it
     # (an error's traceback and status 1, its threads waited for, atexit, the streams flushed); then leave at
-    # once, without the interpreter's teardown of every module (1.4 s a stage, which no test sees).
+    # once, without the interpreter's teardown of every module (1.2 CPU-seconds a stage: docs/testing.md).
     code = 1
     try:
         os.close(channel.detach())
