@@ -28,7 +28,6 @@ if ending == "raise":
 if ending == "message":
     sys.exit("one line naming what is wrong")
 if ending == "sleep":
-    import time
     time.sleep(60)
 sys.exit(int(ending))
 """
