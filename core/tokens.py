@@ -14,7 +14,7 @@ workers use it without transformers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from tokenizers import Tokenizer
@@ -43,19 +43,16 @@ def encode_batch(
     """The ids of each item: its text encoded as text, its control spans as their ids, the tokenizer's BOS
     in front (with add_special_tokens). A plain string is text only."""
     backend = backend_of(tokenizer)
-    rendered = [as_rendered(item) for item in items]
     segments: list[str] = []
     plans: list[list[int | str]] = []  # per item: an index into segments, or a control token's text
-    for item in rendered:
+    for item in items:
         plan: list[int | str] = []
-        position = 0
-        for start, end in [*item.controls, (len(item.text), len(item.text))]:
-            if start > position:
+        for piece, is_control in text_and_controls(item):
+            if is_control:
+                plan.append(piece)
+            else:
                 plan.append(len(segments))
-                segments.append(item.text[position:start])
-            if end > start:
-                plan.append(item.text[start:end])
-            position = end
+                segments.append(piece)
         plans.append(plan)
     matching = backend.encode_special_tokens
     backend.encode_special_tokens = True  # the text's `</s>` is three pieces of text
@@ -73,6 +70,18 @@ def encode_batch(
         ]
         for plan in plans
     ]
+
+
+def text_and_controls(item: Rendered | str) -> Iterator[tuple[str, bool]]:
+    """The item in order as runs of text (False) and control tokens (True), none empty; a string is text."""
+    item = as_rendered(item)
+    position = 0
+    for start, end in [*item.controls, (len(item.text), len(item.text))]:
+        if start > position:
+            yield item.text[position:start], False
+        if end > start:
+            yield item.text[start:end], True
+        position = end
 
 
 def encode(tokenizer: Any, item: Rendered | str, add_special_tokens: bool = True) -> list[int]:
@@ -124,3 +133,55 @@ def start_of(item: Rendered, characters: int) -> Rendered:
         if text[cut - 1] not in (" ", WORD_MARK) and not inside_control:
             return item.sliced(0, cut)
     return item
+
+
+CUT = "\0"  # marks where words_of cuts a text
+
+
+def words_of(text: str) -> list[str] | None:
+    """The text cut before each space that follows another character (not a space or a ▁): the cuts no
+    merge crosses in a tokenizer that splits_between_words. None for a text holding the NUL marking them."""
+    if CUT in text:
+        return None
+    marked = text.replace(" ", CUT + " ").replace(" " + CUT, " ").replace(WORD_MARK + CUT, WORD_MARK)
+    return marked.removeprefix(CUT).split(CUT)
+
+
+class WordCounts:
+    """The token count of each text as encode_batch encodes it (`add_special_tokens=False`), by words, for a
+    tokenizer that splits_between_words: the ids of a text are its first word's then each later word's, so
+    the count is a sum over its words, each encoded once and remembered. Words recur from row to row: 8,000
+    curated rows took 1.2 s with no word known, 0.4 s with all known, and the tokenizer 4.1 s (it gets each
+    text as one piece). A later word is counted after `a` (a cut), less the count of `a`."""
+
+    CAPACITY = 1 << 19  # words remembered, per kind; then forgotten all at once (about 70 MB of strings)
+
+    def __init__(self, backend: Tokenizer) -> None:
+        self._backend = backend
+        self._first: dict[str, int] = {}  # a text's first word: encoded as the text's start
+        self._later: dict[str, int] = {}  # a later word, space first: encoded after another word
+        self._a = self._encoded(["a"])[0]
+
+    def __call__(self, text: str) -> int:
+        words = words_of(text)
+        if words is None:
+            return self._encoded([text])[0]
+        first, later = words[0], words[1:]
+        try:
+            return self._first[first] + sum(map(self._later.__getitem__, later))
+        except KeyError:
+            self._learn(first, later)
+            return self._first[first] + sum(map(self._later.__getitem__, later))
+
+    def _learn(self, first: str, later: list[str]) -> None:
+        if len(self._first) >= self.CAPACITY or len(self._later) >= self.CAPACITY:
+            self._first.clear()
+            self._later.clear()
+        if first not in self._first:
+            self._first[first] = self._encoded([first])[0]
+        new = [word for word in set(later) if word not in self._later]
+        for word, count in zip(new, self._encoded(["a" + word for word in new]), strict=True):
+            self._later[word] = count - self._a
+
+    def _encoded(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in encode_batch(self._backend, texts, add_special_tokens=False)]

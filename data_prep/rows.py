@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import takewhile
 from pathlib import Path
@@ -26,7 +27,14 @@ from core.prompts import (
     conversation_row,
     curated_row,
 )
-from core.tokens import encode_batch, splits_between_words, start_of
+from core.tokens import (
+    WordCounts,
+    added_in_front,
+    encode_batch,
+    splits_between_words,
+    start_of,
+    text_and_controls,
+)
 from data_prep.html import html_to_markdown
 from data_prep.rules import EMPTY, NO_CODE_BLOCK, TOO_LONG
 
@@ -222,9 +230,17 @@ class TokenCounter:
         self.special_tokens = [token.content for token in decoder if token.special]
         self._starts_count_less = splits_between_words(backend)
         self._characters_per_token = 4.0  # until the first starts are counted (2 to 4 in practice)
+        self._word_counts = WordCounts(backend) if self._starts_count_less else None
+        self._front = len(added_in_front(backend))
 
-    def __call__(self, texts: list[Rendered]) -> list[int]:
-        return [len(ids) + 1 for ids in encode_batch(self._backend, texts)]
+    def __call__(self, texts: Sequence[Rendered | str]) -> list[int]:
+        if self._word_counts is None:
+            return [len(ids) + 1 for ids in encode_batch(self._backend, texts)]
+        count = self._word_counts
+        return [
+            self._front + 1 + sum(1 if control else count(part) for part, control in text_and_controls(text))
+            for text in texts
+        ]
 
     def up_to(self, texts: list[Rendered], limit: int) -> list[int]:
         """The counts of __call__ for the texts of at most `limit` tokens; a longer text may get the count of

@@ -5,7 +5,7 @@ import pickle
 import pytest
 
 from core.prompts import Llama2Format, Rendered, render_completion, render_prompt
-from core.tokens import encode
+from core.tokens import WordCounts, encode, encode_batch, words_of
 from data_prep.rows import (
     Example,
     RowSettings,
@@ -23,6 +23,10 @@ from synthetic import REPO
 from synthetic.llama import LLAMA2_TOKENIZER
 from tests.conftest import LLAMA3_TOKENIZER, built, smoke_config
 
+# Texts whose words are cut at their edges: leading and trailing spaces, runs, other whitespace, a ▁ written
+# in the text, special tokens' text, characters the tokenizer has no piece for, the NUL words_of cuts with.
+WORD_EDGES = [" lead", "  two leading", "trail  ", "x \u2581 y", "\u2581\u2581x y", "</s> <s>x",
+              "tab\t x\n y", "é z 🙂 w", " ", "nul\0 inside it", "a"]  # fmt: skip
 SETTINGS = RowSettings(system_prompt="Be exact.", require_code_block=False, chat=Llama2Format())
 
 
@@ -102,6 +106,10 @@ def test_token_counter_matches_the_tokenizer_and_survives_pickling(request, base
     counter = TokenCounter(tokenizer.backend_tokenizer)
     assert counter(texts) == expected
     assert pickle.loads(pickle.dumps(counter))(texts) == expected
+    rows = [*long_rows(), *map(Rendered, WORD_EDGES)]
+    expected = [len(ids) + 1 for ids in encode_batch(tokenizer, rows)]
+    assert counter(rows) == expected  # counted by words, each encoded once
+    assert counter(rows) == expected  # and again, from the words it remembers
 
 
 @pytest.mark.parametrize("base", [built("smoke"), built("llama2")])
@@ -185,6 +193,29 @@ def test_which_tokenizers_never_merge_across_words(llama2_tokenizer):
     spec = json.loads(raw.to_str())
     spec["model"]["vocab"]["a\u2581b"] = len(spec["model"]["vocab"])  # a piece across two words
     assert not splits_between_words(Tokenizer.from_str(json.dumps(spec)))
+
+
+def test_a_text_is_cut_into_words_before_each_space_that_follows_another_character():
+    assert words_of("one two  three") == ["one", " two", "  three"]
+    assert words_of("  lead x") == ["  lead", " x"]
+    assert words_of("trail  ") == ["trail", "  "]
+    assert words_of("a\n b\t c") == ["a\n", " b\t", " c"]
+    assert words_of("x \u2581 y\u2581 z") == ["x", " \u2581 y\u2581 z"]  # no cut after a ▁
+    assert words_of("") == [""]
+    assert words_of("a\0 b") is None
+
+
+def test_counting_by_words_forgets_them_all_at_its_capacity_and_stays_exact(monkeypatch):
+    """Meta's tokenizer.json as written (a Prepend normalizer, where transformers builds a Metaspace
+    pre-tokenizer), counted with room for 40 words: forgotten and encoded again, never wrong."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_file(str(LLAMA2_TOKENIZER / "tokenizer.json"))
+    texts = [row.text for row in long_rows()[:40]] + WORD_EDGES
+    monkeypatch.setattr(WordCounts, "CAPACITY", 40)
+    counts = WordCounts(backend)
+    assert [counts(text) for text in texts] == [len(ids) for ids in encode_batch(backend, texts, False)]
+    assert len(counts._later) < 40 + max(len(words_of(text) or ()) for text in texts)
 
 
 def test_a_rows_start_ends_where_a_word_ends_and_never_inside_a_control():
