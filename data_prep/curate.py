@@ -400,8 +400,6 @@ def note_overlaps(
 
 def curate(config: Config, count_tokens: TokenCounter, chat: ChatFormat, folder: Path) -> CurationStats:
     """Write the DatasetDict (train, validation) to `folder / "data"`; return what each rule did."""
-    from datasets import DatasetDict
-
     stats = CurationStats(rules=active_rules(config))
     stats.dropped = dict.fromkeys(stats.rules, 0)
     settings = RowSettings(
@@ -421,15 +419,19 @@ def curate(config: Config, count_tokens: TokenCounter, chat: ChatFormat, folder:
         chosen, lengths = choose_rows(config, sources, rows, imap, stats, counted)
         check_nothing_emptied(stats)
         shuffled = shuffle_and_split(config, chosen, stats)
-    # The workers are gone before the dataset is written (their memory with it). When nothing needed the
-    # counts, a thread counts a seeded sample for the statistics meanwhile (the tokenizer drops the GIL).
+    # The workers are gone before the dataset is written (their memory with it). Threads write the dataset
+    # and, when nothing needed the counts, count a seeded sample for the statistics, while the overlap check
+    # runs: Arrow and numpy let go of the GIL for most of their work.
+    from datasets import DatasetDict  # imported by filter_rows meanwhile
+
     sample = [] if lengths else rows.texts(shuffled[:TOKEN_SAMPLE])
-    with ThreadPoolExecutor(max_workers=1) as thread:
-        counted = thread.submit(count_tokens, sample)
-        validation, train = shuffled[: stats.validation_rows], shuffled[stats.validation_rows :]
-        splits = {"train": rows.dataset.select(train), "validation": rows.dataset.select(validation)}
-        DatasetDict(splits).save_to_disk(str(folder / "data"))
+    validation, train = shuffled[: stats.validation_rows], shuffled[stats.validation_rows :]
+    splits = DatasetDict({"train": rows.dataset.select(train), "validation": rows.dataset.select(validation)})
+    with ThreadPoolExecutor(max_workers=2) as threads:
+        written = threads.submit(splits.save_to_disk, str(folder / "data"))
+        counted = threads.submit(count_tokens, sample)
         note_overlaps(config, rows, validation, train, stats)
+        written.result()
     lengths = lengths or counted.result()
     stats.special_token_text = sum(spelled[index] for index in shuffled)
     stats.token_lengths = token_lengths(lengths, len(shuffled), config.train.max_length)

@@ -25,7 +25,6 @@ from core.prompts import (
     TrainingRow,
     controls_in,
     conversation_row,
-    curated_row,
 )
 from core.tokens import (
     WordCounts,
@@ -196,8 +195,7 @@ def render_row(
 
 def training_text(columns: dict[str, Any]) -> Rendered:
     """A row's prompt + completion, with the control tokens its format wrote."""
-    prompt, completion = curated_row(columns["prompt"], columns["completion"], columns["controls"])
-    return prompt + completion
+    return Rendered(columns["prompt"] + columns["completion"], tuple(map(tuple, columns["controls"])))
 
 
 def row_columns(example: Example, row: TrainingRow) -> dict[str, Any]:
