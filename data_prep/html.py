@@ -9,7 +9,6 @@ from lxml import etree
 
 BLOCK_TAGS = {"p", "div", "pre", "ul", "ol", "blockquote", "hr", "table", "h1", "h2", "h3", "h4", "h5", "h6"}
 LINE_BREAK = "\ue000"  # stands for <br> while inline whitespace is collapsed
-_WHITESPACE = re.compile(r"\s+")
 # Plain elements (no lxml.html element classes to look up): about twice as fast; comments dropped.
 _PARSER = etree.HTMLParser(remove_comments=True, remove_pis=True)
 
@@ -26,17 +25,21 @@ def html_to_markdown(html: str) -> str:
 def _blocks(element: etree._Element) -> list[str]:
     """The element's children as a list of Markdown blocks; runs of inline content form paragraphs."""
     blocks: list[str] = []
-    inline: list[str] = [element.text] if element.text else []
+    text = element.text
+    inline: list[str] = [text] if text and not text.isspace() else []
     for child in element:
-        if child.tag in BLOCK_TAGS:
+        tag = child.tag
+        if tag in BLOCK_TAGS:
             if inline:
                 _add_paragraph(blocks, inline)
                 inline = []
-            blocks.extend(_block(child))
+            blocks.extend(_block(child, tag))
         else:
-            inline.append(_inline(child))
-        if child.tail:
-            inline.append(child.tail)
+            inline.append(_inline(child, tag))
+        tail = child.tail
+        # Whitespace that opens a paragraph is dropped with it (as between two blocks): not gathered
+        if tail and (inline or not tail.isspace()):
+            inline.append(tail)
     if inline:
         _add_paragraph(blocks, inline)
     return blocks
@@ -48,8 +51,7 @@ def _add_paragraph(blocks: list[str], inline: list[str]) -> None:
         blocks.append(text)
 
 
-def _block(element: etree._Element) -> list[str]:
-    tag = element.tag
+def _block(element: etree._Element, tag: str) -> list[str]:
     if tag == "p" and not len(element):  # most blocks: a paragraph of plain text
         text = _tidy_inline(element.text or "")
         return [text] if text else []
@@ -116,12 +118,14 @@ def _fenced(code: str) -> str:
     return f"{fence}\n{code}\n{fence}"
 
 
-def _inline(element: etree._Element) -> str:
-    tag = element.tag
+def _inline(element: etree._Element, tag: str) -> str:
     if tag == "code":
-        code = _WHITESPACE.sub(" ", _text(element))
-        if not code.strip():
+        code = "".join(element.itertext()) if len(element) else element.text
+        if not code or code.isspace():
             return ""
+        # Each whitespace run one space, the first and last kept (re.sub(r"\s+", " ", code), faster)
+        inner = " ".join(code.split())
+        code = f"{' ' if code[0].isspace() else ''}{inner}{' ' if code[-1].isspace() else ''}"
         return f"`` {code} ``" if "`" in code else f"`{code}`"
     if tag == "br":
         return LINE_BREAK
@@ -152,7 +156,7 @@ def _text(element: etree._Element) -> str:
 def _inline_children(element: etree._Element) -> str:
     if not len(element):
         return element.text or ""
-    return (element.text or "") + "".join(_inline(child) + (child.tail or "") for child in element)
+    return (element.text or "") + "".join(_inline(child, child.tag) + (child.tail or "") for child in element)
 
 
 def _tidy_inline(text: str) -> str:
