@@ -421,7 +421,7 @@ def curate(config: Config, count_tokens: TokenCounter, chat: ChatFormat, folder:
         shuffled = shuffle_and_split(config, chosen, stats)
     # The workers are gone before the dataset is written (their memory with it). Threads write the dataset
     # and, when nothing needed the counts, count a seeded sample for the statistics, while the overlap check
-    # runs: Arrow and numpy let go of the GIL for most of their work.
+    # runs: Arrow, numpy and the tokenizer let go of the GIL for most of their work.
     from datasets import DatasetDict  # imported by filter_rows meanwhile
 
     sample = [] if lengths else rows.texts(shuffled[:TOKEN_SAMPLE])
@@ -429,7 +429,7 @@ def curate(config: Config, count_tokens: TokenCounter, chat: ChatFormat, folder:
     splits = DatasetDict({"train": rows.dataset.select(train), "validation": rows.dataset.select(validation)})
     with ThreadPoolExecutor(max_workers=2) as threads:
         written = threads.submit(splits.save_to_disk, str(folder / "data"))
-        counted = threads.submit(count_tokens, sample)
+        counted = threads.submit(count_tokens.by_tokenizer, sample)
         note_overlaps(config, rows, validation, train, stats)
         written.result()
     lengths = lengths or counted.result()
