@@ -32,9 +32,12 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from core.errors import UserError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 B_INST, E_INST = "[INST]", "[/INST]"
 B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
@@ -143,14 +146,24 @@ def render_completion(answer: str) -> str:
     return " " + answer.strip() + " "
 
 
-def without_system(prompt: str, system: str | None) -> str:
+def without_system(prompt: str | pa.Array, system: str | None) -> str | pa.Array:
     """A rendered prompt (or prompt + completion) without its system prompt: what the row itself says,
     for comparing rows by content, since every row shares the system prompt. Llama-2's `<<SYS>>` block
-    goes whole; in another template's text, the system prompt's own words."""
+    goes whole; in another template's text, the system prompt's own words. An Arrow array of texts: each
+    text's, by Arrow."""
     if not system or not system.strip():
         return prompt
     block = (B_SYS + system + E_SYS).lstrip()
-    return prompt.replace(block if block in prompt else system.strip(), "", 1)
+    if isinstance(prompt, str):
+        return prompt.replace(block if block in prompt else system.strip(), "", 1)
+    import pyarrow.compute as pc
+
+    has_block = pc.match_substring(prompt, block)
+    without_block = pc.replace_substring(prompt, block, "", max_replacements=1)
+    if pc.all(has_block).as_py():  # as in Llama-2's rows
+        return without_block
+    without_words = pc.replace_substring(prompt, system.strip(), "", max_replacements=1)
+    return pc.if_else(has_block, without_block, without_words)
 
 
 # The official Llama-2-chat template, character for character, so that `apply_chat_template` on the

@@ -49,7 +49,7 @@ from data_prep.rows import (
 )
 from data_prep.rules import DUPLICATE, TOO_LONG, active_rules
 from data_prep.workers import worker_map
-from evaluation.contamination import find_overlaps
+from evaluation.contamination import CHUNK_ROWS, find_overlaps_in_chunks
 
 BATCH_SIZE = 256
 COUNT_CHUNK = 4096  # rows counted per round while filling a source's limit
@@ -255,10 +255,6 @@ class RowsFile:
         table = self.rows(indices)
         return pc.binary_join_element_wise(table["prompt"], table["completion"], ""), table
 
-    def plain_texts(self, indices: list[int]) -> list[str]:
-        """prompt + completion of each row, without where its controls are."""
-        return self.joined(indices)[0].to_pylist()
-
     def texts(self, indices: list[int]) -> list[Rendered]:
         """prompt + completion of each row, with its format's control tokens: what training encodes."""
         joined, table = self.joined(indices)
@@ -378,13 +374,12 @@ def note_overlaps(
     aside): their loss says little about generalization. Listed in the stats and the card; a warning."""
     system = config.data.system_prompt
 
-    def contents(indices: list[int]) -> Iterator[str]:
-        for start in range(0, len(indices), COUNT_CHUNK):
-            texts = rows.plain_texts(indices[start : start + COUNT_CHUNK])
-            yield from (without_system(text, system) for text in texts)
+    def contents(indices: list[int]) -> pa.Array:
+        return without_system(rows.joined(indices)[0], system)
 
+    chunks = (contents(train[start : start + CHUNK_ROWS]) for start in range(0, len(train), CHUNK_ROWS))
     progress = Progress("overlap check:", f"of {len(train):,} training rows")
-    overlaps = find_overlaps(list(contents(validation)), contents(train), config.eval.ngram, progress.add)
+    overlaps = find_overlaps_in_chunks(contents(validation), chunks, config.eval.ngram, progress.add)
     stats.overlaps = [
         {"validation_row": o.probe, "training_row": o.row, "tokens": o.tokens, "text": o.text[:200]}
         for o in overlaps

@@ -9,7 +9,8 @@ tokens, and the row.
 
 Only the probes are indexed; the training rows stream past the index in chunks, so memory follows the
 number of probes and the chunk, not the size of the training split (millions of rows). A chunk is
-compared without a Python step per word: its words are cut out of one byte string by numpy, each becomes
+compared without a Python step per word (nor per text, for a chunk given as an Arrow array whose texts are
+ASCII): its words are cut out of one byte string by numpy, each becomes
 the id the probes gave it by pyarrow's `index_in` (UNKNOWN when no probe has it: an n-gram with such a
 word can match nothing), each n-gram a 64-bit hash of its ids, and only the n-grams whose hash a probe
 n-gram has are compared token by token, so that a hash collision never makes an overlap.
@@ -23,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
-from itertools import chain, islice
+from itertools import islice
 
 import numpy as np
 import pyarrow as pa
@@ -32,12 +33,13 @@ import pyarrow.compute as pc
 TOKEN = re.compile(r"\w+")
 BLANK = ord(" ")
 # A bytes.translate table: lowercases ASCII letters and blanks the other ASCII characters that are in no
-# word; keeps the bytes of the characters out of ASCII (all 0x80 or more in UTF-8).
+# word; keeps the bytes of the characters out of ASCII (all 0x80 or more in UTF-8). Applied twice, the same.
 ASCII_WORDS = bytes(
     c if c >= 0x80 else ord(chr(c).lower()) if TOKEN.match(chr(c)) else BLANK for c in range(256)
 )
 SEPARATOR_WORD = b"\0"  # stands before each text's words; no text has it (ASCII_WORDS blanks NUL)
 DEFAULT_NGRAM = 13
+Texts = Sequence[str] | pa.Array | pa.ChunkedArray  # an Arrow array is read with no step per text
 CHUNK_ROWS = 2_000  # training rows compared at once: ~600k tokens (5,000 went 10% slower, missing caches)
 SEPARATOR = 0  # the id of SEPARATOR_WORD, first in the vocabulary; the probes' words have ids 1 and up
 UNKNOWN = -1  # the id of a word no probe has. No n-gram holding either is compared: none spans two rows
@@ -106,19 +108,42 @@ def _blank_non_ascii_non_words(data: np.ndarray) -> None:
     data[_ranges(lead[blank], size[blank])] = BLANK
 
 
-def _words(texts: Iterable[str]) -> pa.Array:
+def _in_utf8(texts: Texts) -> pa.Array:
+    """The texts as an Arrow binary array, lowercased where ASCII_WORDS would not (`_ascii_words`). An
+    Arrow array's texts are taken as they are, with no step in Python, where only their ASCII letters
+    change in lowercase (all of most texts); the others are lowercased by Python, whose rules (`İ`, a final
+    `Σ`) Arrow's lowercase lacks."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    if not isinstance(texts, pa.Array):
+        return pa.array([_ascii_words(text) for text in texts], pa.binary())
+    if pc.all(pc.string_is_ascii(texts)).as_py():
+        return texts.cast(pa.binary())
+    others = pc.not_equal(pc.utf8_lower(texts), pc.ascii_lower(texts))
+    texts = texts.cast(pa.binary())
+    if not pc.any(others).as_py():
+        return texts
+    lowered = [_ascii_words(text.decode()) for text in texts.filter(others).to_pylist()]
+    return pc.replace_with_mask(texts, others, pa.array(lowered, pa.binary()))
+
+
+def _words(texts: Texts) -> pa.Array:
     """Each text's normalized tokens in UTF-8, after SEPARATOR_WORD, end to end, as the even items of the
-    array; the odd ones are the blanks between them. No step is taken per word in Python: the texts are
-    joined into one byte string, its non-word characters blanked, and numpy finds where the runs of blanks
-    start and end, which the array is cut at (it holds the string, not a copy)."""
-    data = bytearray(b" ").join(chain.from_iterable((SEPARATOR_WORD, _ascii_words(text)) for text in texts))
-    data += b" "  # so that the last item is a blank, as after every word
-    array = np.frombuffer(data, np.uint8)
+    array; the odd ones are the blanks between them. No step is taken per word in Python: Arrow joins the
+    texts into one byte string, each as SEPARATOR_WORD, a blank, the text and a blank, numpy blanks its
+    non-word characters and finds where the runs of blanks start and end, which the array is cut at (it
+    holds the string, not a copy)."""
+    joined = pc.binary_join_element_wise(SEPARATOR_WORD, _in_utf8(texts), b"", b" ")
+    _, offsets, values = joined.buffers()
+    starts = np.frombuffer(offsets, np.int32, len(joined) + 1, joined.offset)
+    used = memoryview(values or b"")[starts[0] : starts[-1]]
+    array = np.frombuffer(bytearray(used).translate(ASCII_WORDS), np.uint8)  # faster than numpy's lookup
+    array[starts[:-1] - starts[0]] = ord(SEPARATOR_WORD)  # which ASCII_WORDS blanked
     _blank_non_ascii_non_words(array)
     blank = array == BLANK
     cuts = np.flatnonzero(np.diff(blank, prepend=True, append=False))  # 0, the ends of the items
     return pa.LargeBinaryArray.from_buffers(
-        pa.large_binary(), len(cuts) - 1, [None, pa.py_buffer(cuts), pa.py_buffer(data)]
+        pa.large_binary(), len(cuts) - 1, [None, pa.py_buffer(cuts), pa.py_buffer(array)]
     )
 
 
@@ -284,7 +309,7 @@ def pool_map_with_items(pool: ThreadPoolExecutor, function: Callable, items: Ite
 
 
 def find_overlaps(
-    probes: Sequence[str],
+    probes: Texts,
     training: Iterable[str],
     n: int = DEFAULT_NGRAM,
     progress: Callable[[int], object] | None = None,
@@ -296,17 +321,30 @@ def find_overlaps(
     sit apart there, so the run's length is an upper bound of the longest verbatim copy; every n-gram in it
     is a verbatim copy of at least n tokens).
     """
+    rows = iter(training)
+    return find_overlaps_in_chunks(probes, iter(lambda: list(islice(rows, CHUNK_ROWS)), []), n, progress)
+
+
+def find_overlaps_in_chunks(
+    probes: Texts,
+    training: Iterable[Texts],
+    n: int = DEFAULT_NGRAM,
+    progress: Callable[[int], object] | None = None,
+) -> list[Overlap]:
+    """find_overlaps, the training rows given in chunks: lists of texts, or Arrow arrays of texts, which are
+    read with no step per text in Python. A chunk of over CHUNK_ROWS rows is compared in parts."""
     index = _Index.of(_words(probes), n, CHUNK_ROWS)
     if not len(index.hashes):  # no probe has n tokens
         return []
     best_tokens = np.zeros(len(probes), np.int64)
     best_row, best_start = np.zeros_like(best_tokens), np.zeros_like(best_tokens)
 
-    def runs(chunk: list[str]) -> tuple[np.ndarray, ...]:
+    def runs(chunk: Texts) -> tuple[np.ndarray, ...]:
         return index.longest(index.occurrences(_ids(_words(chunk), index.vocabulary), n), n)
 
-    rows, done = iter(training), 0
-    chunks = iter(lambda: list(islice(rows, CHUNK_ROWS)), [])
+    done = 0
+    size = CHUNK_ROWS
+    chunks = (part[start : start + size] for part in training for start in range(0, len(part), size))
     # Two chunks at a time: numpy and Arrow let go of the GIL for most of the work. In the chunks' order, so
     # that an earlier chunk's row wins a tie.
     with ThreadPoolExecutor(max_workers=THREADS) as pool:

@@ -13,10 +13,18 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from evaluation import contamination
-from evaluation.contamination import Overlap, find_overlaps, longest_runs, ngrams, normalized_tokens
+from evaluation.contamination import (
+    Overlap,
+    find_overlaps,
+    find_overlaps_in_chunks,
+    longest_runs,
+    ngrams,
+    normalized_tokens,
+)
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
 
@@ -40,6 +48,18 @@ def reference_overlaps(probes: Sequence[str], training: Iterable[str], n: int = 
                 run = " ".join(probe_tokens[probe][start : start + length])
                 best[probe] = Overlap(probe, row, length, run)
     return [best[probe] for probe in sorted(best)]
+
+
+def in_arrow_chunks(probes: Sequence[str], training: Sequence[str], n: int = 13, size: int = 3) -> list:
+    """find_overlaps given Arrow arrays, as curation gives them: the training rows in chunks of `size`, which
+    are compared in parts of CHUNK_ROWS when longer. A lone surrogate, which Arrow's UTF-8 cannot hold,
+    becomes the `?` it is read as."""
+
+    def as_arrow(texts: Sequence[str]) -> pa.Array:
+        return pa.array([text.replace("\ud800", "?") for text in texts], pa.string())
+
+    chunks = [training[start : start + size] for start in range(0, len(training), size)]
+    return find_overlaps_in_chunks(as_arrow(probes), map(as_arrow, chunks), n)
 
 
 def sample_texts() -> list[str]:
@@ -70,6 +90,7 @@ def test_the_sample_data_gives_the_reference_overlaps(n, chunk_rows, monkeypatch
     expected = reference_overlaps(probes, training, n)
     assert expected
     assert find_overlaps(probes, iter(training), n) == expected
+    assert in_arrow_chunks(probes, training, n) == in_arrow_chunks(probes, training, n, 10**6) == expected
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 2, contamination.CHUNK_ROWS])
@@ -96,7 +117,7 @@ def test_hand_made_cases(chunk_rows, monkeypatch):
         "CAFÉ café naïve quoted DÉJÀ vu x_1 " + words(400, 407),
     ]
     overlaps = find_overlaps(probes, iter(training))
-    assert overlaps == reference_overlaps(probes, training)
+    assert overlaps == reference_overlaps(probes, training) == in_arrow_chunks(probes, training)
     assert [(o.probe, o.row, o.tokens) for o in overlaps] == [(0, 2, 16), (1, 3, 15), (3, 8, 26), (4, 9, 13)]
     assert overlaps[0].text == words(10, 26)
     assert overlaps[3].text == "café naïve quoted déjà vu x_1 " + words(400, 407)
@@ -122,7 +143,9 @@ def test_random_cases_give_the_reference_overlaps(multiplier, monkeypatch):
         training = random_texts(rng, rng.randint(0, 30), vocabulary)
         n = rng.randint(1, 6)
         monkeypatch.setattr(contamination, "CHUNK_ROWS", rng.randint(1, 8))
-        assert find_overlaps(probes, iter(training), n) == reference_overlaps(probes, training, n)
+        expected = reference_overlaps(probes, training, n)
+        assert find_overlaps(probes, iter(training), n) == expected
+        assert in_arrow_chunks(probes, training, n, rng.randint(1, 10)) == expected
 
 
 # Letters and digits in and out of ASCII, `_`, punctuation, spaces of all kinds, a combining mark, a letter
@@ -136,7 +159,9 @@ def test_texts_of_any_characters_give_the_reference_overlaps():
         probes = ["".join(rng.choices(CHARACTERS, k=40)) for _ in range(rng.randint(1, 10))]
         training = ["".join(rng.choices(CHARACTERS, k=40)) for _ in range(rng.randint(1, 20))]
         n = rng.randint(1, 2)
-        assert find_overlaps(probes, iter(training), n) == reference_overlaps(probes, training, n)
+        expected = reference_overlaps(probes, training, n)
+        assert find_overlaps(probes, iter(training), n) == expected
+        assert in_arrow_chunks(probes, training, n, rng.randint(1, 10)) == expected
 
 
 def test_a_training_split_of_300k_rows_takes_seconds():

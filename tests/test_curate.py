@@ -316,6 +316,6 @@ def test_the_rows_file_gives_rows_in_the_order_asked_across_its_batches(tmp_path
             writer.write_batch(batch(first, size))
     rows = RowsFile(path)
     asked = [12, 0, 5, 7, 0, 11, 3]
-    assert rows.plain_texts(asked) == [f"p{i}c{i}" for i in asked]
+    assert rows.joined(asked)[0].to_pylist() == [f"p{i}c{i}" for i in asked]
     assert [text.controls for text in rows.texts(asked)] == [((0, 1),) if i % 3 else () for i in asked]
-    assert rows.plain_texts([]) == []
+    assert rows.joined([])[0].to_pylist() == []

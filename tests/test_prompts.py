@@ -283,3 +283,8 @@ def test_without_system_drops_the_llama2_block_or_the_system_words():
         llama3, " Be exact."
     )
     assert without_system(llama2, None) == llama2
+    import pyarrow as pa  # an Arrow array of texts: each text's, by Arrow
+
+    for texts in ([llama2, llama2 + " Be exact."], [llama2, llama3, "Be exact. and Be exact.", "none", ""]):
+        expected = [without_system(text, "Be exact.") for text in texts]
+        assert without_system(pa.array(texts), "Be exact.").to_pylist() == expected
