@@ -234,16 +234,12 @@ class TokenCounter:
     def __call__(self, texts: Sequence[Rendered | str]) -> list[int]:
         """Counted by words where the tokenizer allows it (WordCounts), else by the tokenizer."""
         if self._word_counts is None:
-            return self.by_tokenizer(texts)
+            return [len(ids) + 1 for ids in encode_batch(self._backend, texts)]
         count = self._word_counts
         return [
             self._front + 1 + sum(1 if control else count(part) for part, control in text_and_controls(text))
             for text in texts
         ]
-
-    def by_tokenizer(self, texts: Sequence[Rendered | str]) -> list[int]:
-        """The same counts, by the tokenizer alone, which lets go of the GIL (counting by words holds it)."""
-        return [len(ids) + 1 for ids in encode_batch(self._backend, texts)]
 
     def up_to(self, texts: list[Rendered], limit: int) -> list[int]:
         """The counts of __call__ for the texts of at most `limit` tokens; a longer text may get the count of
