@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from core.errors import UserError
@@ -54,7 +55,9 @@ def _receive(connection: Connection) -> Any:
 class OrderedMap:
     """`map(function, items)` through the workers, results in the items' order. Each worker has one item
     in flight: a worker is sent an item only after its last result was read, so it is waiting to read
-    and a send never blocks on a worker that is itself blocked sending (a pipe holds only 64 KiB)."""
+    and a send never blocks on a worker that is itself blocked sending (a pipe holds only 64 KiB). The
+    next item is taken and pickled before a worker is free for it, so that a worker waits for a send only
+    (taking a batch of examples from the CSV reader and pickling it took 4 of each 35 ms a worker worked)."""
 
     def __init__(self, connections: list[Connection]) -> None:
         self.connections = connections
@@ -63,16 +66,19 @@ class OrderedMap:
     def __call__(self, function: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
         while self.in_flight:  # the results of a map left unfinished, so that none is taken for ours
             _receive(self.in_flight.popleft())
-        items = iter(items)
+        payloads = (ForkingPickler.dumps((function, item)) for item in items)  # what Connection.send sends
+        ready = next(payloads, None)
 
         def send_next(connection: Connection) -> None:
-            for item in items:
-                try:
-                    connection.send((function, item))
-                except ConnectionError:
-                    raise _worker_died() from None
-                self.in_flight.append(connection)
+            nonlocal ready
+            if ready is None:
                 return
+            try:
+                connection.send_bytes(ready)
+            except ConnectionError:
+                raise _worker_died() from None
+            self.in_flight.append(connection)
+            ready = next(payloads, None)
 
         for connection in self.connections:
             send_next(connection)
