@@ -51,7 +51,7 @@ from data_prep.rules import DUPLICATE, TOO_LONG, active_rules
 from data_prep.workers import worker_map
 from evaluation.contamination import CHUNK_ROWS, find_overlaps_in_chunks
 
-BATCH_SIZE = 256
+BATCH_SIZE = 1024  # examples a worker prepares at once: 256 took 8% longer on the 100k bench (round trips)
 COUNT_CHUNK = 4096  # rows counted per round while filling a source's limit
 ROWS_FILE_BATCH = 8192  # rows per batch of the rows file, at least
 TOKEN_SAMPLE = 2000  # rows whose tokens are counted for the statistics when the length rule is off
