@@ -17,8 +17,10 @@ and split.
 from __future__ import annotations
 
 import importlib
+import importlib.abc
 import os
 import random
+import sys
 import threading
 from array import array
 from collections.abc import Callable, Iterable, Iterator
@@ -148,9 +150,21 @@ _settings: RowSettings | None = None
 _count_tokens: TokenCounter | None = None
 
 
-def _start_worker(settings: RowSettings, count_tokens: TokenCounter) -> None:
+class _NoPandas(importlib.abc.MetaPathFinder):
+    """Makes `import pandas` fail in a worker, as if pandas were not installed. pyarrow imports pandas, an
+    optional dependency of its, on its first conversion of a Python list (to check whether the list is a
+    pandas object): 0.4 s of each worker's time and 60 MB of its memory, for nothing a worker does."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name.partition(".")[0] == "pandas":
+            raise ImportError("pandas is not imported in a curation worker")
+
+
+def _start_worker(settings: RowSettings, count_tokens: TokenCounter, spawned: bool = False) -> None:
     global _settings, _count_tokens
     _settings, _count_tokens = settings, count_tokens
+    if spawned:
+        sys.meta_path.insert(0, _NoPandas())
 
 
 def _prepare(batch: list[Example]) -> PreparedBatch:
@@ -174,7 +188,7 @@ def workers(settings: RowSettings, count_tokens: TokenCounter, num_proc: int) ->
         _start_worker(settings, count_tokens)
         yield map
         return
-    with worker_map(num_proc, _start_worker, (settings, count_tokens)) as ordered_map:
+    with worker_map(num_proc, _start_worker, (settings, count_tokens, True)) as ordered_map:
         yield ordered_map
 
 
