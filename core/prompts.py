@@ -146,7 +146,7 @@ def render_completion(answer: str) -> str:
     return " " + answer.strip() + " "
 
 
-def without_system(prompt: str | pa.Array, system: str | None) -> str | pa.Array:
+def without_system(prompt: str | pa.Array | pa.ChunkedArray, system: str | None) -> Any:
     """A rendered prompt (or prompt + completion) without its system prompt: what the row itself says,
     for comparing rows by content, since every row shares the system prompt. Llama-2's `<<SYS>>` block
     goes whole; in another template's text, the system prompt's own words. An Arrow array of texts: each

@@ -56,8 +56,8 @@ class OrderedMap:
     """`map(function, items)` through the workers, results in the items' order. Each worker has one item
     in flight: a worker is sent an item only after its last result was read, so it is waiting to read
     and a send never blocks on a worker that is itself blocked sending (a pipe holds only 64 KiB). The
-    next item is taken and pickled before a worker is free for it, so that a worker waits for a send only
-    (taking a batch of examples from the CSV reader and pickling it took 4 of each 35 ms a worker worked)."""
+    next item is taken and pickled before a worker is free for it, so that a worker waits for the send
+    alone, not also for the items' iterator (the CSV reader) and the pickling (2% of curation's time)."""
 
     def __init__(self, connections: list[Connection]) -> None:
         self.connections = connections

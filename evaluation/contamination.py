@@ -9,8 +9,8 @@ tokens, and the row.
 
 Only the probes are indexed; the training rows stream past the index in chunks, so memory follows the
 number of probes and the chunk, not the size of the training split (millions of rows). A chunk is
-compared without a Python step per word (nor per text, for a chunk given as an Arrow array whose texts are
-ASCII): its words are cut out of one byte string by numpy, each becomes
+compared without a Python step per word (nor per text, for a chunk given as an Arrow array, but for its
+texts with an uppercase letter out of ASCII): its words are cut out of one byte string by numpy, each becomes
 the id the probes gave it by pyarrow's `index_in` (UNKNOWN when no probe has it: an n-gram with such a
 word can match nothing), each n-gram a 64-bit hash of its ids, and only the n-grams whose hash a probe
 n-gram has are compared token by token, so that a hash collision never makes an overlap.
