@@ -20,12 +20,10 @@ import importlib
 import importlib.abc
 import os
 import random
-import sys
 import threading
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from itertools import chain, islice
@@ -40,17 +38,11 @@ from core.config import Config
 from core.errors import UserError
 from core.prompts import ChatFormat, Rendered, without_system
 from data_prep import alpaca, conversations, plain_text, stackoverflow
+from data_prep.arrow_memory import use_jemalloc
 from data_prep.progress import Progress
-from data_prep.rows import (
-    ROW_SCHEMA,
-    Example,
-    PreparedBatch,
-    RowSettings,
-    TokenCounter,
-    prepare_batch,
-)
+from data_prep.row_workers import count, count_up_to, prepare, workers
+from data_prep.rows import ROW_SCHEMA, Example, RowSettings, TokenCounter
 from data_prep.rules import DUPLICATE, TOO_LONG, active_rules
-from data_prep.workers import worker_map
 from evaluation.contamination import CHUNK_ROWS, find_overlaps_in_chunks
 
 BATCH_SIZE = 1024  # examples a worker prepares at once: 256 took 8% longer on the 100k bench (round trips)
@@ -145,53 +137,6 @@ def batched(items: Iterable[Example], size: int) -> Iterator[list[Example]]:
         yield batch
 
 
-# What a worker process holds: set once by the pool's initializer (or in this process when num_proc is 1).
-_settings: RowSettings | None = None
-_count_tokens: TokenCounter | None = None
-
-
-class _NoPandas(importlib.abc.MetaPathFinder):
-    """Makes `import pandas` fail in a worker, as if pandas were not installed. pyarrow imports pandas, an
-    optional dependency of its, on its first conversion of a Python list (to check whether the list is a
-    pandas object): 0.4 s of each worker's time and 60 MB of its memory, for nothing a worker does."""
-
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
-        if name.partition(".")[0] == "pandas":
-            raise ImportError("pandas is not imported in a curation worker")
-
-
-def _start_worker(settings: RowSettings, count_tokens: TokenCounter, spawned: bool = False) -> None:
-    global _settings, _count_tokens
-    _settings, _count_tokens = settings, count_tokens
-    if spawned:
-        sys.meta_path.insert(0, _NoPandas())
-
-
-def _prepare(batch: list[Example]) -> PreparedBatch:
-    return prepare_batch(batch, _settings, _count_tokens)
-
-
-def _count(texts: list[Rendered]) -> list[int]:
-    return _count_tokens(texts)
-
-
-def _count_up_to(limit: int, texts: list[Rendered]) -> list[int]:
-    return _count_tokens.up_to(texts, limit)
-
-
-@contextmanager
-def workers(settings: RowSettings, count_tokens: TokenCounter, num_proc: int) -> Iterator[Callable]:
-    """An ordered, lazy `map(function, items)` over `num_proc` worker processes holding the settings and
-    the tokenizer. They are spawned, not forked: each holds lxml, pyarrow and the tokenizer, not this
-    process's memory; they start while this process reads Answers.csv."""
-    if num_proc == 1:
-        _start_worker(settings, count_tokens)
-        yield map
-        return
-    with worker_map(num_proc, _start_worker, (settings, count_tokens, True)) as ordered_map:
-        yield ordered_map
-
-
 def filter_rows(
     config: Config, imap: Callable, rows_file: Path, stats: CurationStats
 ) -> tuple[list[str], bytearray, array | None]:
@@ -202,7 +147,7 @@ def filter_rows(
     sources: list[str] = []
     spelled = bytearray()
     counted: array | None = None
-    batches = imap(_prepare, batched(source_examples(config, stats), BATCH_SIZE))
+    batches = imap(prepare, batched(source_examples(config, stats), BATCH_SIZE))
     # `datasets` takes a second to import and is needed after this step: it loads now, while this
     # process mostly waits for the workers.
     threading.Thread(target=importlib.import_module, args=("datasets",), daemon=True).start()
@@ -225,7 +170,7 @@ def filter_rows(
                 else:
                     stats.dropped[rule] += 1
                 keep.append(rule is None)
-            kept = batch.rows.filter(pa.array(keep, pa.bool_()))
+            kept = batch.rows if all(keep) else batch.rows.filter(pa.array(keep, pa.bool_()))  # most: all
             flags = zip(batch.spells_special, keep, strict=True)
             spelled += bytes(flag for flag, kept_row in flags if kept_row)
             if batch.tokens is not None:
@@ -284,8 +229,8 @@ def count_tokens_of(
     """The rows' token counts, by the workers; with `limit`, exact up to it (TokenCounter.up_to)."""
     texts = rows.texts(indices)
     chunks = [texts[start : start + BATCH_SIZE] for start in range(0, len(texts), BATCH_SIZE)]
-    count = _count if limit is None else partial(_count_up_to, limit)
-    return [number for counts in imap(count, chunks) for number in counts]
+    function = count if limit is None else partial(count_up_to, limit)
+    return [number for counts in imap(function, chunks) for number in counts]
 
 
 def source_limits(config: Config) -> dict[str, int | None]:
@@ -344,8 +289,8 @@ def choose_rows(
 
 def check_nothing_emptied(stats: CurationStats) -> None:
     """Fail naming the source or the rule that left nothing."""
-    for source, count in stats.examples.items():
-        if count == 0:
+    for source, examples in stats.examples.items():
+        if examples == 0:
             raise UserError(f"the {source} source gave no usable examples: {asdict(stats.read[source])}")
     remaining = sum(stats.examples.values())
     for rule in stats.rules:
@@ -409,6 +354,7 @@ def note_overlaps(
 
 def curate(config: Config, count_tokens: TokenCounter, chat: ChatFormat, folder: Path) -> CurationStats:
     """Write the DatasetDict (train, validation) to `folder / "data"`; return what each rule did."""
+    use_jemalloc()
     stats = CurationStats(rules=active_rules(config))
     stats.dropped = dict.fromkeys(stats.rules, 0)
     settings = RowSettings(
@@ -428,21 +374,19 @@ def curate(config: Config, count_tokens: TokenCounter, chat: ChatFormat, folder:
         chosen, lengths = choose_rows(config, sources, rows, imap, stats, counted)
         check_nothing_emptied(stats)
         shuffled = shuffle_and_split(config, chosen, stats)
-    # The workers are gone before the dataset is written (their memory with it). Threads write the dataset
-    # and, when nothing needed the counts, count a seeded sample for the statistics, while the overlap check
-    # runs. The sample is counted by words, not by the tokenizer: its encodings of 2,000 long rows at once
-    # held 50 to 100 MB more at the peak.
+        # When nothing needed the counts, the workers count a seeded sample for the statistics (in this
+        # process, counting would hold the GIL for most of a second beside the overlap check).
+        lengths = lengths or count_tokens_of(rows, shuffled[:TOKEN_SAMPLE], imap)
+    # The workers are gone before the dataset is written (their memory with it): a thread writes it while
+    # the overlap check runs.
     from datasets import DatasetDict  # imported by filter_rows meanwhile
 
-    sample = [] if lengths else rows.texts(shuffled[:TOKEN_SAMPLE])
     validation, train = shuffled[: stats.validation_rows], shuffled[stats.validation_rows :]
     splits = DatasetDict({"train": rows.dataset.select(train), "validation": rows.dataset.select(validation)})
     with ThreadPoolExecutor(max_workers=2) as threads:
         written = threads.submit(splits.save_to_disk, str(folder / "data"))
-        counted = threads.submit(count_tokens, sample)
         note_overlaps(config, rows, validation, train, stats)
         written.result()
-    lengths = lengths or counted.result()
     stats.special_token_text = sum(spelled[index] for index in shuffled)
     stats.token_lengths = token_lengths(lengths, len(shuffled), config.train.max_length)
     stats.read = {source: asdict(read) for source, read in stats.read.items()}

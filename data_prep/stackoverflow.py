@@ -73,10 +73,18 @@ class ReadStats:
 def read_rows(
     path: Path, required: tuple[str, ...], integers: tuple[str, ...], encoding: str, stats: ReadStats
 ) -> Iterator[tuple[Any, ...]]:
-    """Stream a CSV's rows as the values of the required columns, in that order, those of `integers` as
-    ints. A row with a wrong field count, with a value of an integer column that is not an integer
-    (`NA`), or ending the file inside a quoted field is malformed: counted with its first line, and
-    skipped. Progress is logged every few seconds.
+    """Stream a CSV's rows as the values of the required columns, in that order (read_columns)."""
+    for columns in read_columns(path, required, integers, encoding, stats):
+        yield from zip(*columns, strict=True)
+
+
+def read_columns(
+    path: Path, required: tuple[str, ...], integers: tuple[str, ...], encoding: str, stats: ReadStats
+) -> Iterator[list[list[Any]]]:
+    """Stream a CSV's rows a batch at a time, as lists of the values of the required columns, in that
+    order, those of `integers` as ints. A row with a wrong field count, with a value of an integer column
+    that is not an integer (`NA`), or ending the file inside a quoted field is malformed: counted with its
+    first line, and skipped. Progress is logged every few seconds.
 
     pyarrow's CSV reader parses (multi-line quoted fields, doubled quotes) block by block, several times
     faster than the csv module; fields come as bytes and are decoded here, so that the encoding rule is
@@ -108,22 +116,25 @@ def read_rows(
                 for column in required
             ]
             if last == number + batch.num_rows - 1 and all(well_formed):  # nothing malformed: no lines needed
-                yield from zip(*columns, strict=True)
+                yield columns
                 line += batch.num_rows + sum(map(_line_breaks, batch.columns))
                 number = last + 1
                 continue
             breaks = functools.reduce(pc.add, [pc.count_substring(column, "\n") for column in batch.columns])
+            good_rows = []
             for row_breaks, good, *row in zip(breaks.to_pylist(), well_formed, *columns, strict=True):
                 while invalid and invalid[0][0] == number:
                     _count_malformed(stats, path, line)
                     line += invalid.popleft()[1].count("\n") + 1
                     number += 1
                 if good:
-                    yield tuple(row)
+                    good_rows.append(row)
                 else:
                     _count_malformed(stats, path, line)
                 line += row_breaks + 1
                 number += 1
+            if good_rows:
+                yield [list(column) for column in zip(*good_rows, strict=True)]
         for _, text in invalid:  # rows after the last good one
             _count_malformed(stats, path, line)
             line += text.count("\n") + 1
@@ -218,12 +229,13 @@ def _integers(column: pa.Array, integral: list[bool]) -> list[int | None]:
 
 
 def _line_breaks(column: pa.Array) -> int:
-    """The line breaks in all of a column's values, counted in its data buffer."""
+    """The line breaks in all of a column's values, counted in its data buffer (not copied)."""
     _, offsets, data = column.buffers()
     if data is None or not len(column):
         return 0
     bounds = np.frombuffer(offsets, dtype=np.int32)[column.offset : column.offset + len(column) + 1]
-    return data.slice(int(bounds[0]), int(bounds[-1] - bounds[0])).to_pybytes().count(b"\n")
+    values = np.frombuffer(data, np.uint8, int(bounds[-1] - bounds[0]), int(bounds[0]))
+    return int(np.count_nonzero(values == ord("\n")))
 
 
 def _decoded(column: pa.Array, codec: str, errors: str) -> list[str]:
@@ -347,17 +359,17 @@ def read_pairs(source: StackOverflowSource, stats: ReadStats) -> Iterator[Pair]:
     best: dict[int, tuple[int, int, str]] = {}  # question id -> (score, answer id, body) of its best answer
     answer_counts: Counter[int] = Counter()  # question id -> its answers, to count those with no question
     integers = ("Id", "ParentId", "Score")
-    for answer_id, parent_id, score, body in read_rows(
-        source.answers, ANSWER_COLUMNS, integers, source.encoding, stats
-    ):
-        stats.answers_read += 1
-        answer_counts[parent_id] += 1
-        if score < source.min_answer_score:
-            stats.low_score_answers += 1
-            continue
-        current = best.get(parent_id)
-        if current is None or (score, -answer_id) > (current[0], -current[1]):
-            best[parent_id] = (score, answer_id, body)
+    minimum = source.min_answer_score
+    for columns in read_columns(source.answers, ANSWER_COLUMNS, integers, source.encoding, stats):
+        stats.answers_read += len(columns[0])
+        answer_counts.update(columns[1])
+        for answer_id, parent_id, score, body in zip(*columns, strict=True):
+            if score < minimum:
+                stats.low_score_answers += 1
+                continue
+            current = best.get(parent_id)
+            if current is None or (score, -answer_id) > (current[0], -current[1]):
+                best[parent_id] = (score, answer_id, body)
     return _join_questions(source, best, answer_counts, keep_tags, stats)
 
 

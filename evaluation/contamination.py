@@ -45,7 +45,8 @@ SEPARATOR = 0  # the id of SEPARATOR_WORD, first in the vocabulary; the probes' 
 UNKNOWN = -1  # the id of a word no probe has. No n-gram holding either is compared: none spans two rows
 MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # of the polynomial hash of an n-gram's ids, modulo 2**64
 THREADS = 2  # chunks compared at once
-FILTER_BITS = 24  # a 16 MB table: a few percent of it set by a few hundred thousand probe n-grams
+SLOT_BITS = 22  # a 16 MB table of int32: a few percent of its slots taken by a few hundred thousand hashes
+SHARED_SLOT = -1  # in the table: the slot of several hashes (a few percent of the taken ones)
 
 
 def normalized_tokens(text: str) -> list[str]:
@@ -117,14 +118,19 @@ def _in_utf8(texts: Texts) -> pa.Array:
         texts = texts.combine_chunks()
     if not isinstance(texts, pa.Array):
         return pa.array([_ascii_words(text) for text in texts], pa.binary())
-    if pc.all(pc.string_is_ascii(texts)).as_py():
+    where = np.flatnonzero(pc.invert(pc.string_is_ascii(texts)).to_numpy(zero_copy_only=False))
+    if not len(where):
         return texts.cast(pa.binary())
-    others = pc.not_equal(pc.utf8_lower(texts), pc.ascii_lower(texts))
+    not_ascii = texts.take(where)  # a tenth of the texts or fewer: only they are lowercased twice
+    changed = pc.not_equal(pc.utf8_lower(not_ascii), pc.ascii_lower(not_ascii))
+    others = where[changed.to_numpy(zero_copy_only=False)]
     texts = texts.cast(pa.binary())
-    if not pc.any(others).as_py():
+    if not len(others):
         return texts
-    lowered = [_ascii_words(text.decode()) for text in texts.filter(others).to_pylist()]
-    return pc.replace_with_mask(texts, others, pa.array(lowered, pa.binary()))
+    lowered = [_ascii_words(text.decode()) for text in texts.take(others).to_pylist()]
+    mask = np.zeros(len(texts), bool)
+    mask[others] = True
+    return pc.replace_with_mask(texts, mask, pa.array(lowered, pa.binary()))
 
 
 def _words(texts: Texts) -> pa.Array:
@@ -160,17 +166,17 @@ def _ids(items: pa.Array, vocabulary: pa.Array) -> np.ndarray:
     return ids
 
 
-def _texts(ids: np.ndarray) -> np.ndarray:
-    """The text each id is in (searchsorted in the texts' starts is several times slower)."""
-    return np.cumsum(ids == SEPARATOR) - 1
+def _texts(ids: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """The text the id at each position of `at` is in."""
+    return np.searchsorted(np.flatnonzero(ids == SEPARATOR), at, side="right") - 1
 
 
 def _ngram_hashes(ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The hash of every n-gram of `ids` (the sum of its k-th id * MULTIPLIER**(n - 1 - k), modulo 2**64),
-    by start, and the starts of the n-grams that lie in one text and hold no UNKNOWN."""
+    by start, and whether each n-gram lies in one text and holds no UNKNOWN."""
     count = len(ids) - n + 1
     if count <= 0:
-        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+        return np.zeros(0, np.uint64), np.zeros(0, bool)
     values = hashes = ids.astype(np.uint64)  # UNKNOWN wraps to 2**64 - 1
     # The hashes of the runs of `length` ids, from 1 to n: doubled, then one id longer where n's binary
     # digit is 1, so about 2 log2(n) passes over the ids, where Horner's rule takes 2n. Products wrap.
@@ -181,14 +187,35 @@ def _ngram_hashes(ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         if digit == "1":
             hashes = hashes[:-1] * MULTIPLIER + values[length:]
             length += 1
-    gaps = np.concatenate(([0], np.cumsum(ids <= SEPARATOR, dtype=np.int32)))  # and UNKNOWN
-    return hashes, np.flatnonzero(gaps[n:] == gaps[:count])
+    gaps = np.zeros(len(ids) + 1, np.int64)  # SEPARATORs and UNKNOWNs before each position
+    gaps[1:] = ids <= SEPARATOR
+    np.cumsum(gaps, out=gaps)  # of int64 into int64: cumsum holds the GIL where it casts (bool to int)
+    return hashes, gaps[n:] == gaps[:count]
 
 
 def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """range(start, start + count) for each pair, end to end."""
+    """range(start, start + count) for each pair, end to end: the sum of steps of 1, but for the step from
+    one range's end to the next one's start (np.repeat would hold the GIL, which the other thread needs)."""
+    nonempty = counts > 0
+    starts, counts = starts[nonempty], counts[nonempty].astype(np.int64)
+    if not len(counts):
+        return np.zeros(0, np.int64)
     ends = np.cumsum(counts)
-    return np.repeat(starts - ends + counts, counts) + np.arange(ends[-1] if len(ends) else 0)
+    steps = np.ones(ends[-1], np.int64)
+    steps[0] = starts[0]
+    steps[ends[:-1]] = starts[1:] - starts[:-1] - counts[:-1] + 1
+    return np.cumsum(steps, out=steps)
+
+
+def _repeated(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """np.repeat(values, counts) (which holds the GIL): each value's index counted up by a cumulative sum."""
+    nonempty = np.flatnonzero(counts)
+    if not len(nonempty):
+        return values[:0]
+    ends = np.cumsum(counts[nonempty].astype(np.int64))
+    marks = np.zeros(ends[-1], np.int64)
+    marks[ends[:-1]] = 1
+    return values[nonempty[np.cumsum(marks, out=marks)]]
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:
@@ -209,8 +236,10 @@ class _Index:
     vocabulary: pa.Array  # the probes' words in UTF-8, sorted, each at its id: SEPARATOR_WORD first
     words: pa.Array  # the probes' words, each probe's after SEPARATOR_WORD
     starts: np.ndarray  # where each probe's first word is in `words`
-    seen: np.ndarray  # (2**FILTER_BITS,): whether a gram's hash has these top bits; drops most misses cheaply
     hashes: np.ndarray  # the grams' distinct hashes, sorted
+    # (2**SLOT_BITS,): by the top bits of a hash, 0 when no hash has them, i + 1 when hashes[i] alone has
+    # them, SHARED_SLOT when several do: most hashes are found, and most misses dropped, with one lookup
+    slots: np.ndarray
     grams_of: np.ndarray  # (hashes + 1,): the grams of hashes[h] are grams_of[h] : grams_of[h + 1]
     columns: np.ndarray  # (n, grams): the ids of each gram, one row per offset (compared offset by offset)
     first: np.ndarray  # (grams + 1,): gram g occurs at first[g] : first[g + 1] of `occurs`
@@ -226,7 +255,8 @@ class _Index:
         vocabulary = pc.unique(words).sort()
         ids = _ids(items, vocabulary)
         starts = np.flatnonzero(ids == SEPARATOR) + 1
-        hashes, at = _ngram_hashes(ids, n)
+        hashes, whole = _ngram_hashes(ids, n)
+        at = np.flatnonzero(whole)
         at = at[np.argsort(hashes[at])]
         hashes = hashes[at]
         # A gram is a run of occurrences of one hash and one n-gram. Should two n-grams share a hash and
@@ -241,16 +271,19 @@ class _Index:
         first = np.append(np.flatnonzero(new), len(at))
         hashes = hashes[first[:-1]]
         distinct = _distinct(hashes)
-        seen = np.zeros(1 << FILTER_BITS, bool)
-        seen[hashes >> np.uint64(64 - FILTER_BITS)] = True
-        probes = _texts(ids)[at]
+        taken, index, hashes_in_slot = np.unique(
+            distinct >> np.uint64(64 - SLOT_BITS), return_index=True, return_counts=True
+        )
+        slots = np.zeros(1 << SLOT_BITS, np.int32)
+        slots[taken] = np.where(hashes_in_slot == 1, index + 1, SHARED_SLOT)
+        probes = _texts(ids, at)
         width = int(np.diff(starts, append=len(ids) + 1).max(initial=1))  # a probe's words + 1
         return cls(
             vocabulary,
             words,
             starts,
-            seen,
             distinct,
+            slots,
             np.append(np.searchsorted(hashes, distinct), len(hashes)),
             ids[at[first[:-1]] + np.arange(n)[:, None]],
             first,
@@ -262,23 +295,27 @@ class _Index:
     def occurrences(self, ids: np.ndarray, n: int) -> np.ndarray:
         """The numbers, sorted, of the occurrences of each gram in the probes, in each row of `_ids` (at
         most chunk_rows) that holds the gram, once however often the row holds it."""
-        hashes, at = _ngram_hashes(ids, n)
-        at = at[self.seen[hashes[at] >> np.uint64(64 - FILTER_BITS)]]
-        at = at[np.argsort(hashes[at])]  # searchsorted goes 4 times faster through sorted values
-        found = np.minimum(np.searchsorted(self.hashes, hashes[at]), len(self.hashes) - 1)
+        hashes, whole = _ngram_hashes(ids, n)
+        slots = self.slots[hashes >> np.uint64(64 - SLOT_BITS)]
+        at = np.flatnonzero(whole & (slots != 0))
+        found = slots[at] - 1
+        shared = np.flatnonzero(found == SHARED_SLOT - 1)
+        shared = shared[np.argsort(hashes[at[shared]])]  # searchsorted goes 4 times faster through sorted
+        searched = np.searchsorted(self.hashes, hashes[at[shared]])
+        found[shared] = np.minimum(searched, len(self.hashes) - 1)
         hit = self.hashes[found] == hashes[at]
         at, grams = at[hit], found[hit]
         gram_count = len(self.columns[0])
         if len(self.hashes) < gram_count:  # two grams share a hash: a hash's index is not its gram's
             counts = self.grams_of[grams + 1] - self.grams_of[grams]
-            at, grams = np.repeat(at, counts), _ranges(self.grams_of[grams], counts)
+            at, grams = _repeated(at, counts), _ranges(self.grams_of[grams], counts)
         same = np.ones(len(at), bool)
         for offset, column in enumerate(self.columns):  # a different n-gram of the same hash is no match
             same &= ids[offset:][at] == column[grams]
-        rows = _texts(ids)[at[same]]
+        rows = _texts(ids, at[same])
         rows, grams = np.divmod(_distinct(rows * gram_count + grams[same]), gram_count)
         counts = self.first[grams + 1] - self.first[grams]
-        return np.sort(self.occurs[_ranges(self.first[grams], counts)] + np.repeat(rows * self.width, counts))
+        return np.sort(self.occurs[_ranges(self.first[grams], counts)] + _repeated(rows * self.width, counts))
 
     def longest(self, occurrences: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
         """Each probe's longest run of consecutive positions within one row: (probe, row, start, tokens).
@@ -289,7 +326,7 @@ class _Index:
         probes, rows = np.divmod(pairs, self.chunk_rows)
         # runs are in probe, row, start order: each probe's first run of its greatest length
         first = np.flatnonzero(np.diff(probes, prepend=-1))
-        longest = np.repeat(np.maximum.reduceat(tokens, first), np.diff(np.append(first, len(probes))))
+        longest = _repeated(np.maximum.reduceat(tokens, first), np.diff(np.append(first, len(probes))))
         best = np.flatnonzero(tokens == longest)
         best = best[np.diff(probes[best], prepend=-1) != 0]
         return probes[best], rows[best], positions[best], tokens[best]

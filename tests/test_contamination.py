@@ -130,12 +130,15 @@ def random_texts(rng: random.Random, count: int, vocabulary: list[str]) -> list[
     return [" ".join(rng.choices(vocabulary, k=rng.randint(0, 30))) for _ in range(count)]
 
 
+@pytest.mark.parametrize("slot_bits", [contamination.SLOT_BITS, 2])
 @pytest.mark.parametrize("multiplier", [contamination.MULTIPLIER, np.uint64(1)])
-def test_random_cases_give_the_reference_overlaps(multiplier, monkeypatch):
+def test_random_cases_give_the_reference_overlaps(multiplier, slot_bits, monkeypatch):
     """Few words, so that n-grams repeat within and across rows and probes; with a multiplier of 1 an
     n-gram's hash is the sum of its ids, so that many n-grams share a hash and only the comparison of
-    their words tells them apart."""
+    their words tells them apart. With a table of 4 slots, most hashes share their slot with others and
+    are searched for."""
     monkeypatch.setattr(contamination, "MULTIPLIER", multiplier)
+    monkeypatch.setattr(contamination, "SLOT_BITS", slot_bits)
     rng = random.Random(0)
     for _ in range(150):
         vocabulary = rng.sample(RANDOM_WORDS, rng.randint(1, 6))
@@ -207,15 +210,27 @@ def test_the_words_of_every_character_are_the_normalized_tokens():
     assert items[::2] == [word for words in expected for word in words]
 
 
+def test_ranges_and_repeats_are_numpys_without_holding_the_gil():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        size = rng.integers(0, 12)
+        starts, counts = rng.integers(-50, 50, size), rng.integers(0, 4, size)
+        pairs = zip(starts.tolist(), counts.tolist(), strict=True)
+        expected = [value for start, count in pairs for value in range(start, start + count)]
+        assert contamination._ranges(starts, counts).tolist() == expected
+        assert contamination._repeated(starts, counts).tolist() == np.repeat(starts, counts).tolist()
+
+
 @pytest.mark.parametrize("n", range(1, 20))
 def test_ngram_hashes_are_the_polynomial_of_the_ids(n):
     rng = np.random.default_rng(n)
     ids = rng.integers(contamination.UNKNOWN, 5, 500).astype(np.int32)
-    hashes, starts = contamination._ngram_hashes(ids, n)
+    hashes, whole = contamination._ngram_hashes(ids, n)
     values = ids.astype(np.uint64)
     horner = values[: len(values) - n + 1].copy()
     for offset in range(1, n):  # Horner's rule, as the hashes were computed before
         horner = horner * contamination.MULTIPLIER + values[offset : offset + len(horner)]
     assert np.array_equal(hashes, horner)
-    whole = [start for start in range(len(ids) - n + 1) if (ids[start : start + n] > 0).all()]
-    assert starts.tolist() == whole
+    assert np.flatnonzero(whole).tolist() == [
+        start for start in range(len(ids) - n + 1) if (ids[start : start + n] > 0).all()
+    ]
