@@ -17,7 +17,6 @@ and split.
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import os
 import random
 import threading
