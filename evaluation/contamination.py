@@ -121,7 +121,7 @@ def _in_utf8(texts: Texts) -> pa.Array:
     where = np.flatnonzero(pc.invert(pc.string_is_ascii(texts)).to_numpy(zero_copy_only=False))
     if not len(where):
         return texts.cast(pa.binary())
-    not_ascii = texts.take(where)  # a tenth of the texts or fewer: only they are lowercased twice
+    not_ascii = texts.take(where)  # only the texts out of ASCII are lowercased, twice, to compare
     changed = pc.not_equal(pc.utf8_lower(not_ascii), pc.ascii_lower(not_ascii))
     others = where[changed.to_numpy(zero_copy_only=False)]
     texts = texts.cast(pa.binary())
@@ -298,8 +298,9 @@ class _Index:
         hashes, whole = _ngram_hashes(ids, n)
         slots = self.slots[hashes >> np.uint64(64 - SLOT_BITS)]
         at = np.flatnonzero(whole & (slots != 0))
-        found = slots[at] - 1
-        shared = np.flatnonzero(found == SHARED_SLOT - 1)
+        slots = slots[at]
+        found = slots - 1  # the index of the hash alone in its slot
+        shared = np.flatnonzero(slots == SHARED_SLOT)
         shared = shared[np.argsort(hashes[at[shared]])]  # searchsorted goes 4 times faster through sorted
         searched = np.searchsorted(self.hashes, hashes[at[shared]])
         found[shared] = np.minimum(searched, len(self.hashes) - 1)
