@@ -40,6 +40,7 @@ ASCII_WORDS = bytes(
 SEPARATOR_WORD = b"\0"  # stands before each text's words; no text has it (ASCII_WORDS blanks NUL)
 DEFAULT_NGRAM = 13
 Texts = Sequence[str] | pa.Array | pa.ChunkedArray  # an Arrow array is read with no step per text
+NumberedChunk = tuple[Texts, np.ndarray]  # training rows and their numbers (ascending)
 CHUNK_ROWS = 2_000  # training rows compared at once: ~600k tokens (5,000 went 10% slower, missing caches)
 SEPARATOR = 0  # the id of SEPARATOR_WORD, first in the vocabulary; the probes' words have ids 1 and up
 UNKNOWN = -1  # the id of a word no probe has. No n-gram holding either is compared: none spans two rows
@@ -346,6 +347,17 @@ def pool_map_with_items(pool: ThreadPoolExecutor, function: Callable, items: Ite
         yield item, result.result()
 
 
+def _parts(training: Iterable[Texts | NumberedChunk]) -> Iterator[NumberedChunk]:
+    """The chunks as numbered parts of at most CHUNK_ROWS rows; a chunk of texts alone numbered on from the
+    rows before it."""
+    done, size = 0, CHUNK_ROWS
+    for chunk in training:
+        texts, numbers = chunk if isinstance(chunk, tuple) else (chunk, np.arange(done, done + len(chunk)))
+        done += len(texts)
+        for start in range(0, len(texts), size):
+            yield texts[start : start + size], numbers[start : start + size]
+
+
 def find_overlaps(
     probes: Texts,
     training: Iterable[str],
@@ -365,36 +377,36 @@ def find_overlaps(
 
 def find_overlaps_in_chunks(
     probes: Texts,
-    training: Iterable[Texts],
+    training: Iterable[Texts | NumberedChunk],
     n: int = DEFAULT_NGRAM,
     progress: Callable[[int], object] | None = None,
 ) -> list[Overlap]:
     """find_overlaps, the training rows given in chunks: lists of texts, or Arrow arrays of texts, which are
-    read with no step per text in Python. A chunk of over CHUNK_ROWS rows is compared in parts."""
+    read with no step per text in Python, numbered from 0 in the order given; or (texts, row numbers) pairs,
+    for rows read in an order of their own (as they lie in a file), the numbers ascending within a chunk.
+    Of runs as long, the lowest-numbered row's is kept. A chunk of over CHUNK_ROWS rows is compared in
+    parts."""
     index = _Index.of(_words(probes), n, CHUNK_ROWS)
     if not len(index.hashes):  # no probe has n tokens
         return []
     best_tokens = np.zeros(len(probes), np.int64)
     best_row, best_start = np.zeros_like(best_tokens), np.zeros_like(best_tokens)
 
-    def runs(chunk: Texts) -> tuple[np.ndarray, ...]:
-        return index.longest(index.occurrences(_ids(_words(chunk), index.vocabulary), n), n)
+    def runs(chunk: NumberedChunk) -> tuple[np.ndarray, ...]:
+        return index.longest(index.occurrences(_ids(_words(chunk[0]), index.vocabulary), n), n)
 
-    done = 0
-    size = CHUNK_ROWS
-    chunks = (part[start : start + size] for part in training for start in range(0, len(part), size))
-    # Two chunks at a time: numpy and Arrow let go of the GIL for most of the work. In the chunks' order, so
-    # that an earlier chunk's row wins a tie.
+    # Two chunks at a time: numpy and Arrow let go of the GIL for most of the work.
     with ThreadPoolExecutor(max_workers=THREADS) as pool:
-        for chunk, (probe, row, start, tokens) in pool_map_with_items(pool, runs, chunks):
-            row += done
-            longer = tokens > best_tokens[probe]  # strictly: an earlier chunk's row wins a tie
-            probe = probe[longer]
-            best_tokens[probe], best_row[probe] = tokens[longer], row[longer]
-            best_start[probe] = start[longer]
-            done += len(chunk)
+        for (texts, numbers), found in pool_map_with_items(pool, runs, _parts(training)):
+            probe, row, start, tokens = found
+            row = numbers[row]  # a chunk's first row of runs as long is its lowest-numbered
+            best = best_tokens[probe]
+            better = (tokens > best) | ((tokens == best) & (row < best_row[probe]))
+            probe = probe[better]
+            best_tokens[probe], best_row[probe] = tokens[better], row[better]
+            best_start[probe] = start[better]
             if progress is not None:
-                progress(len(chunk))
+                progress(len(texts))
     overlaps = []
     for probe in map(int, np.flatnonzero(best_tokens)):
         start, tokens = int(index.starts[probe] + best_start[probe]), int(best_tokens[probe])

@@ -62,6 +62,20 @@ def in_arrow_chunks(probes: Sequence[str], training: Sequence[str], n: int = 13,
     return find_overlaps_in_chunks(as_arrow(probes), map(as_arrow, chunks), n)
 
 
+def in_numbered_chunks(
+    probes: Sequence[str], training: Sequence[str], n: int = 13, size: int = 3, seed: int = 0
+) -> list:
+    """find_overlaps given the training rows as curation reads them: in an order of their own (as they lie
+    in its rows file, here a seeded shuffle), in chunks of `size` with their numbers, ascending within each
+    chunk; the lowest-numbered row still wins a tie."""
+    order = np.random.default_rng(seed).permutation(len(training))
+    chunks = []
+    for start in range(0, len(order), size):
+        numbers = np.sort(order[start : start + size])
+        chunks.append((pa.array([training[number] for number in numbers], pa.string()), numbers))
+    return find_overlaps_in_chunks(pa.array(probes, pa.string()), chunks, n)
+
+
 def sample_texts() -> list[str]:
     """The sample Stack Overflow questions (title and body), answers and Alpaca records, as they come."""
 
@@ -91,6 +105,7 @@ def test_the_sample_data_gives_the_reference_overlaps(n, chunk_rows, monkeypatch
     assert expected
     assert find_overlaps(probes, iter(training), n) == expected
     assert in_arrow_chunks(probes, training, n) == in_arrow_chunks(probes, training, n, 10**6) == expected
+    assert in_numbered_chunks(probes, training, n, 5) == expected
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 2, contamination.CHUNK_ROWS])
@@ -118,6 +133,8 @@ def test_hand_made_cases(chunk_rows, monkeypatch):
     ]
     overlaps = find_overlaps(probes, iter(training))
     assert overlaps == reference_overlaps(probes, training) == in_arrow_chunks(probes, training)
+    for seed in range(10):  # row 4 before row 3 in some: row 3 still wins the tie of probe 1
+        assert in_numbered_chunks(probes, training, 13, 2, seed) == overlaps
     assert [(o.probe, o.row, o.tokens) for o in overlaps] == [(0, 2, 16), (1, 3, 15), (3, 8, 26), (4, 9, 13)]
     assert overlaps[0].text == words(10, 26)
     assert overlaps[3].text == "café naïve quoted déjà vu x_1 " + words(400, 407)
@@ -149,6 +166,7 @@ def test_random_cases_give_the_reference_overlaps(multiplier, slot_bits, monkeyp
         expected = reference_overlaps(probes, training, n)
         assert find_overlaps(probes, iter(training), n) == expected
         assert in_arrow_chunks(probes, training, n, rng.randint(1, 10)) == expected
+        assert in_numbered_chunks(probes, training, n, rng.randint(1, 10), rng.randint(0, 99)) == expected
 
 
 # Letters and digits in and out of ASCII, `_`, punctuation, spaces of all kinds, a combining mark, a letter
