@@ -37,7 +37,7 @@ from core.config import Config
 from core.errors import UserError
 from core.prompts import ChatFormat, Rendered, without_system
 from data_prep import alpaca, conversations, plain_text, stackoverflow
-from data_prep.arrow_memory import use_jemalloc
+from data_prep.allocators import tune_allocators
 from data_prep.progress import Progress
 from data_prep.row_workers import count, count_up_to, prepare, workers
 from data_prep.rows import ROW_SCHEMA, Example, RowSettings, TokenCounter
@@ -365,7 +365,7 @@ def note_overlaps(
 
 def curate(config: Config, count_tokens: TokenCounter, chat: ChatFormat, folder: Path) -> CurationStats:
     """Write the DatasetDict (train, validation) to `folder / "data"`; return what each rule did."""
-    use_jemalloc()
+    tune_allocators()
     stats = CurationStats(rules=active_rules(config))
     stats.dropped = dict.fromkeys(stats.rules, 0)
     settings = RowSettings(

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from core.prompts import Rendered
-from data_prep.arrow_memory import use_jemalloc
+from data_prep.allocators import tune_allocators
 from data_prep.rows import Example, PreparedBatch, RowSettings, TokenCounter, prepare_batch
 from data_prep.workers import worker_map
 
@@ -39,7 +39,7 @@ def _start_worker(settings: RowSettings, count_tokens: TokenCounter, spawned: bo
     _settings, _count_tokens = settings, count_tokens
     if spawned:
         sys.meta_path.insert(0, _NoPandas())
-        use_jemalloc()
+        tune_allocators()
 
 
 def prepare(batch: list[Example]) -> PreparedBatch:
