@@ -352,7 +352,9 @@ def _parts(training: Iterable[Texts | NumberedChunk]) -> Iterator[NumberedChunk]
     rows before it."""
     done, size = 0, CHUNK_ROWS
     for chunk in training:
-        texts, numbers = chunk if isinstance(chunk, tuple) else (chunk, np.arange(done, done + len(chunk)))
+        # A tuple of texts is texts too: a numbered chunk is the one whose second item is numpy's
+        numbered = isinstance(chunk, tuple) and len(chunk) == 2 and isinstance(chunk[1], np.ndarray)
+        texts, numbers = chunk if numbered else (chunk, np.arange(done, done + len(chunk)))
         done += len(texts)
         for start in range(0, len(texts), size):
             yield texts[start : start + size], numbers[start : start + size]

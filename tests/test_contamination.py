@@ -106,6 +106,8 @@ def test_the_sample_data_gives_the_reference_overlaps(n, chunk_rows, monkeypatch
     assert find_overlaps(probes, iter(training), n) == expected
     assert in_arrow_chunks(probes, training, n) == in_arrow_chunks(probes, training, n, 10**6) == expected
     assert in_numbered_chunks(probes, training, n, 5) == expected
+    pairs = [tuple(training[start : start + 2]) for start in range(0, len(training), 2)]  # tuples of texts
+    assert find_overlaps_in_chunks(probes, pairs, n) == expected
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 2, contamination.CHUNK_ROWS])
