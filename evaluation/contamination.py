@@ -13,7 +13,9 @@ compared without a Python step per word (nor per text, for a chunk given as an A
 texts with an uppercase letter out of ASCII): its words are cut out of one byte string by numpy, each becomes
 the id the probes gave it by pyarrow's `index_in` (UNKNOWN when no probe has it: an n-gram with such a
 word can match nothing), each n-gram a 64-bit hash of its ids, and only the n-grams whose hash a probe
-n-gram has are compared token by token, so that a hash collision never makes an overlap.
+n-gram has are compared token by token (where the n-gram before matched, its last token), so that a hash
+collision never makes an overlap. The runs a row makes are found in the probes' passages (stretches of
+n-grams that always occur together), once for all the probes that share a passage.
 """
 
 from __future__ import annotations
@@ -227,12 +229,19 @@ def _distinct(values: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Index:
-    """The probes' n-grams as grams (a gram: one n-gram, one hash) in the order of their hashes, and where
-    each gram occurs in the probes.
+    """The probes' n-grams as grams (a gram: one n-gram, one hash) in the order of their hashes, and the
+    passages they make up in the probes.
 
-    The occurrences of a gram in a chunk's row are numbered (probe * chunk_rows + row) * width + position:
-    sorted, those of one probe in one row come together, by position, and a run of consecutive positions
-    is a run of consecutive numbers (`width` leaves a gap between two probes or rows)."""
+    A passage is a run of grams that occur in the probes only together, one after another: each of its
+    grams but the first is preceded by the one before it, wherever it occurs, and that one always followed
+    by it (a gram with several neighbours ends a passage). Every occurrence of a passage is then the same
+    grams in the same order, so a training row holds the same parts of each: the row's runs are found in
+    each passage once, then placed at its occurrences. On the full-size synthetic dump, where most hits
+    are of grams several probes share, that places 7 times fewer runs than there are grams to place.
+
+    An occurrence in a chunk's row is numbered (probe * chunk_rows + row) * width + position: sorted, those
+    of one probe in one row come together, by position, and a run of consecutive positions is a run of
+    consecutive numbers (`width` leaves a gap between two probes or rows)."""
 
     vocabulary: pa.Array  # the probes' words in UTF-8, sorted, each at its id: SEPARATOR_WORD first
     words: pa.Array  # the probes' words, each probe's after SEPARATOR_WORD
@@ -243,8 +252,11 @@ class _Index:
     slots: np.ndarray
     grams_of: np.ndarray  # (hashes + 1,): the grams of hashes[h] are grams_of[h] : grams_of[h + 1]
     columns: np.ndarray  # (n, grams): the ids of each gram, one row per offset (compared offset by offset)
-    first: np.ndarray  # (grams + 1,): gram g occurs at first[g] : first[g + 1] of `occurs`
-    occurs: np.ndarray  # the numbers of the occurrences, gram by gram, in a row 0
+    passage_of: np.ndarray  # (grams,): the passage each gram is in
+    place: np.ndarray  # (grams,): its place in the passage, from 0
+    passage_span: int  # more than any passage's grams
+    first: np.ndarray  # (passages + 1,): passage p occurs at first[p] : first[p + 1] of `occurs`
+    occurs: np.ndarray  # the numbers of the passages' occurrences (of their first gram), in a row 0
     chunk_rows: int
     width: int  # more than any probe's last n-gram position + 1
 
@@ -277,7 +289,13 @@ class _Index:
         )
         slots = np.zeros(1 << SLOT_BITS, np.int32)
         slots[taken] = np.where(hashes_in_slot == 1, index + 1, SHARED_SLOT)
-        probes = _texts(ids, at)
+        gram_at = np.full(len(ids) + 1, -1)  # the gram at each position; -1 where none, and at -1
+        gram_at[at] = np.cumsum(new) - 1
+        passage_of, place, heads = _passages(gram_at, at, first)
+        head_of = passage_of[gram_at[heads]]
+        order = np.lexsort((heads, head_of))  # by passage, then position
+        heads, head_of = heads[order], head_of[order]
+        probes = _texts(ids, heads)
         width = int(np.diff(starts, append=len(ids) + 1).max(initial=1))  # a probe's words + 1
         return cls(
             vocabulary,
@@ -287,15 +305,18 @@ class _Index:
             slots,
             np.append(np.searchsorted(hashes, distinct), len(hashes)),
             ids[at[first[:-1]] + np.arange(n)[:, None]],
-            first,
-            probes * chunk_rows * width + at - starts[probes],  # < 2**63 unless probes hold ~10**7 tokens
+            passage_of,
+            place,
+            int(place.max(initial=0)) + 2,
+            np.searchsorted(head_of, np.arange(passage_of.max(initial=-1) + 2)),
+            probes * chunk_rows * width + heads - starts[probes],  # < 2**63 unless probes hold ~10**7 tokens
             chunk_rows,
             width,
         )
 
-    def occurrences(self, ids: np.ndarray, n: int) -> np.ndarray:
-        """The numbers, sorted, of the occurrences of each gram in the probes, in each row of `_ids` (at
-        most chunk_rows) that holds the gram, once however often the row holds it."""
+    def runs(self, ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The runs of probe positions whose grams all occur in one row of `_ids` (at most chunk_rows), as
+        the numbers of their first positions, sorted, and their lengths in tokens."""
         hashes, whole = _ngram_hashes(ids, n)
         slots = self.slots[hashes >> np.uint64(64 - SLOT_BITS)]
         at = np.flatnonzero(whole & (slots != 0))
@@ -307,24 +328,55 @@ class _Index:
         found[shared] = np.minimum(searched, len(self.hashes) - 1)
         hit = self.hashes[found] == hashes[at]
         at, grams = at[hit], found[hit]
-        gram_count = len(self.columns[0])
-        if len(self.hashes) < gram_count:  # two grams share a hash: a hash's index is not its gram's
+        if len(self.hashes) < len(self.place):  # two grams share a hash: a hash's index is not its gram's
             counts = self.grams_of[grams + 1] - self.grams_of[grams]
             at, grams = _repeated(at, counts), _ranges(self.grams_of[grams], counts)
-        same = np.ones(len(at), bool)
-        for offset, column in enumerate(self.columns):  # a different n-gram of the same hash is no match
-            same &= ids[offset:][at] == column[grams]
-        rows = _texts(ids, at[same])
-        rows, grams = np.divmod(_distinct(rows * gram_count + grams[same]), gram_count)
-        counts = self.first[grams + 1] - self.first[grams]
-        return np.sort(self.occurs[_ranges(self.first[grams], counts)] + _repeated(rows * self.width, counts))
+        passages, places = self.passage_of[grams], self.place[grams]
+        # A hit at the next position of the row, of the next gram of a passage, shares n - 1 ids with the
+        # hit before it: where that one is its n-gram, its last id alone tells whether this one is too
+        follows = np.zeros(len(at), bool)
+        follows[1:] = (np.diff(at) == 1) & (np.diff(places) == 1) & (passages[1:] == passages[:-1])
+        begins = np.flatnonzero(~follows)
+        if not (
+            self._same(ids, at[begins], grams[begins]).all()
+            and np.array_equal(ids[at[follows] + n - 1], self.columns[-1][grams[follows]])
+        ):  # a hash of another n-gram (hardly ever): each hit compared in full, and a stretch of its own
+            same = self._same(ids, at, grams)
+            at, passages, places = at[same], passages[same], places[same]
+            begins = np.arange(len(at))
+        lengths = np.diff(np.append(begins, len(at)))  # of each stretch of hits that follow one another
+        # Each stretch as the span of numbers (row, passage, place) it holds: sorted, those that overlap or
+        # meet make one run of places in a passage (passage_span leaves a gap between passages)
+        rows, count = _texts(ids, at[begins]), len(self.first) - 1
+        low = (rows * count + passages[begins]) * self.passage_span + places[begins]
+        order = np.argsort(low)
+        low, high = low[order], (low + lengths - 1)[order]
+        begins = np.flatnonzero(low > np.append(-2, np.maximum.accumulate(high)[:-1]) + 1)
+        grams = np.maximum.reduceat(high, begins) - low[begins] + 1
+        pairs, places = np.divmod(low[begins], self.passage_span)
+        rows, passages = np.divmod(pairs, count)
+        # Each run placed at every occurrence of its passage
+        counts = self.first[passages + 1] - self.first[passages]
+        at = self.occurs[_ranges(self.first[passages], counts)]
+        at += _repeated(rows * self.width + places, counts)
+        order = np.argsort(at)
+        at, grams = at[order], _repeated(grams, counts)[order]
+        # Runs that meet in a probe (of passages one after another there) are one
+        begins = np.flatnonzero(np.diff(at, prepend=-2) != np.append(1, grams[:-1]))
+        return at[begins], np.add.reduceat(grams, begins) + n - 1
 
-    def longest(self, occurrences: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
-        """Each probe's longest run of consecutive positions within one row: (probe, row, start, tokens).
-        Of runs as long, the one of the first row, then the first start (as `longest_runs`)."""
-        starts = np.flatnonzero(np.diff(occurrences, prepend=-2) != 1)
-        tokens = np.diff(np.append(starts, len(occurrences))) + n - 1
-        pairs, positions = np.divmod(occurrences[starts], self.width)
+    def _same(self, ids: np.ndarray, at: np.ndarray, grams: np.ndarray) -> np.ndarray:
+        """Whether the n-gram at each position `at` of `ids` is the gram's, not another of the same hash."""
+        same = np.ones(len(at), bool)
+        for offset, column in enumerate(self.columns):
+            same &= ids[offset:][at] == column[grams]
+        return same
+
+    def longest(self, runs: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, ...]:
+        """Each probe's longest run within one row: (probe, row, start, tokens). Of runs as long, the one of
+        the first row, then the first start (as `longest_runs`)."""
+        at, tokens = runs
+        pairs, positions = np.divmod(at, self.width)
         probes, rows = np.divmod(pairs, self.chunk_rows)
         # runs are in probe, row, start order: each probe's first run of its greatest length
         first = np.flatnonzero(np.diff(probes, prepend=-1))
@@ -332,6 +384,32 @@ class _Index:
         best = np.flatnonzero(tokens == longest)
         best = best[np.diff(probes[best], prepend=-1) != 0]
         return probes[best], rows[best], positions[best], tokens[best]
+
+
+def _passages(gram_at: np.ndarray, at: np.ndarray, first: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The passages of the grams (see _Index): each gram's passage and place in it, and the positions
+    where the passages occur. `gram_at` is the gram at each position (-1 where none, and last); `at` the
+    positions of the grams, gram by gram, gram g's at first[g] : first[g + 1]."""
+    grams = len(first) - 1
+    neighbours = []
+    for step in (-1, 1):  # the gram each gram follows, then precedes, wherever it occurs; else -1
+        near = gram_at[at + step]
+        lowest, highest = np.minimum.reduceat(near, first[:-1]), np.maximum.reduceat(near, first[:-1])
+        neighbours.append(np.where(lowest == highest, lowest, -1))
+    before, after = neighbours
+    # No loop of grams can follow one another: a loop's first occurrence in a probe would follow none
+    follows = before >= 0
+    follows[follows] = after[before[follows]] == np.flatnonzero(follows)
+    positions = np.sort(at)
+    head = ~follows[gram_at[positions]]
+    heads = positions[head]
+    occurrence = np.cumsum(head) - 1  # of a passage, that each position is in
+    passage_of, place = np.zeros(grams, np.int64), np.zeros(grams, np.int64)
+    numbered = np.full(grams, -1)
+    numbered[~follows] = np.arange(grams - np.count_nonzero(follows))
+    passage_of[gram_at[positions]] = numbered[gram_at[heads]][occurrence]
+    place[gram_at[positions]] = positions - heads[occurrence]
+    return passage_of, place, heads
 
 
 def pool_map_with_items(pool: ThreadPoolExecutor, function: Callable, items: Iterator) -> Iterator[tuple]:
@@ -395,7 +473,7 @@ def find_overlaps_in_chunks(
     best_row, best_start = np.zeros_like(best_tokens), np.zeros_like(best_tokens)
 
     def runs(chunk: NumberedChunk) -> tuple[np.ndarray, ...]:
-        return index.longest(index.occurrences(_ids(_words(chunk[0]), index.vocabulary), n), n)
+        return index.longest(index.runs(_ids(_words(chunk[0]), index.vocabulary), n))
 
     # Two chunks at a time: numpy and Arrow let go of the GIL for most of the work.
     with ThreadPoolExecutor(max_workers=THREADS) as pool:

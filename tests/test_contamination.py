@@ -230,6 +230,31 @@ def test_the_words_of_every_character_are_the_normalized_tokens():
     assert items[::2] == [word for words in expected for word in words]
 
 
+def test_passages_are_the_grams_that_always_occur_together():
+    """With n = 1 a gram is a word. `q r` occurs twice, always together: one passage, placed twice. `p q`
+    is not one (`q` also follows `t`), nor `r s` (`r` is also followed by `u`), nor `z z`: no gram can
+    follow itself, so `z` is a passage of one word, placed twice in its probe."""
+    index = contamination._Index.of(contamination._words(["P q r s", "t q r u", "z z"]), 1, 10)
+    passages = defaultdict(list)
+    grams = index.vocabulary.take(pa.array(index.columns[0])).to_pylist()
+    for gram, passage, place in zip(grams, index.passage_of, index.place, strict=True):
+        passages[int(passage)].append((int(place), gram.decode()))
+    placed = defaultdict(list)  # (probe, position) of each passage's occurrences
+    for passage in passages:
+        for number in index.occurs[index.first[passage] : index.first[passage + 1]].tolist():
+            placed[" ".join(word for _, word in sorted(passages[passage]))].append(
+                (number // (index.chunk_rows * index.width), number % index.width)
+            )
+    assert dict(placed) == {
+        "p": [(0, 0)],
+        "q r": [(0, 1), (1, 1)],
+        "s": [(0, 3)],
+        "t": [(1, 0)],
+        "u": [(1, 3)],
+        "z": [(2, 0), (2, 1)],
+    }
+
+
 def test_ranges_and_repeats_are_numpys_without_holding_the_gil():
     rng = np.random.default_rng(0)
     for _ in range(300):
