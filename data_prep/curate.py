@@ -37,7 +37,7 @@ from core.config import Config
 from core.errors import UserError
 from core.prompts import ChatFormat, Rendered, without_system
 from data_prep import alpaca, conversations, plain_text, stackoverflow
-from data_prep.allocators import tune_allocators
+from data_prep.allocators import PiecewiseFile, tune_allocators
 from data_prep.progress import Progress
 from data_prep.row_workers import count, count_up_to, prepare, workers
 from data_prep.rows import ROW_SCHEMA, Example, RowSettings, TokenCounter
@@ -151,7 +151,8 @@ def filter_rows(
     # process mostly waits for the workers.
     threading.Thread(target=importlib.import_module, args=("datasets",), daemon=True).start()
     pending: list[pa.RecordBatch] = []
-    with pa.OSFile(str(rows_file), "wb") as sink, pa.ipc.new_stream(sink, ROW_SCHEMA) as writer:
+    sink = pa.PythonFile(PiecewiseFile(rows_file), mode="w")
+    with sink, pa.ipc.new_stream(sink, ROW_SCHEMA) as writer:
         for batch in chain(batches, [None]):
             if batch is None or sum(map(len, pending)) >= ROWS_FILE_BATCH:
                 # Few large batches: RowsFile gathers rows batch by batch
