@@ -54,7 +54,7 @@ class PiecewiseFile:
     taken back: on the 2-core machines here, Arrow writing 300 MB in batches of several megabytes took
     1.4 to 2.0 s of system time, in pieces of 1 MB 0.1 to 0.2 s (4 MB pieces: 0.9 to 1.0 s). The rows
     file of the 100k benchmark written so, curation's main process took 1.0 to 1.3 s of system time
-    instead of 1.5 to 2.0 s, and the run 0.3 s less (3 interleaved pairs)."""
+    instead of 1.5 to 2.0 s, and the run about 0.4 s less (3 interleaved pairs)."""
 
     def __init__(self, path: Path) -> None:
         self.file = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by close(), as Arrow's files are
