@@ -1,6 +1,6 @@
 """How curation's processes allocate: Arrow's buffers with jemalloc, C's heap (numpy's arrays, libxml2's
-trees, pickled batches) kept for reuse rather than handed back to the system at each free, and the page
-cache of the files written taken a megabyte at a time.
+trees, pickled batches) kept for reuse rather than handed back to the system at each free, and the rows
+file written a megabyte at a time (PiecewiseFile).
 
 Curation allocates and frees blocks of megabytes all along (CSV blocks, batches of rows, the overlap
 check's chunks: gigabytes in all at full scale). A page handed back to the system costs a fault to take
